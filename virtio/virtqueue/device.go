@@ -69,6 +69,10 @@ func (d *DeviceQueue) Pop(c *Chain) (bool, error) {
 	}
 	head := d.v.availRing[d.lastAvail&d.mask]
 	d.lastAvail++
+	return d.walk(head, c)
+}
+
+func (d *DeviceQueue) walk(head uint16, c *Chain) (bool, error) {
 	c.Head = head
 	c.Read, c.Write = c.Read[:0], c.Write[:0]
 	if head >= d.v.size {
@@ -117,6 +121,18 @@ func (d *DeviceQueue) Pop(c *Chain) (bool, error) {
 			return false, fmt.Errorf("%w: next %d out of range", ErrBadChain, id)
 		}
 	}
+}
+
+// Unpop gives back the last k popped chains, as QEMU's virtqueue_unpop does
+// when a packet does not fit.
+func (d *DeviceQueue) Unpop(k int) { d.lastAvail -= uint16(k) }
+
+// Writable re-walks the chain at head into c without consuming anything,
+// for a device that must revisit a buffer (num_buffers is known only after
+// the last one is filled). It reports false if the chain is malformed.
+func (d *DeviceQueue) Writable(head uint16, c *Chain) bool {
+	ok, err := d.walk(head, c)
+	return ok && err == nil
 }
 
 // Push records head as used with written bytes. It becomes visible to the

@@ -147,6 +147,13 @@ func (q *Queue) InFlightHeads(fn func(head uint16)) {
 	}
 }
 
+// PeekHead returns the descriptor the next Add1 or AddIndirect will use as
+// its head, so that per-head resources (an indirect table) can be filled
+// first. It reports false when the queue is full.
+func (q *Queue) PeekHead() (uint16, bool) {
+	return q.freeHead, q.numFree > 0 && q.broken == nil
+}
+
 // Add1 adds a one-descriptor chain and returns its head. It reports false
 // when the queue is full or broken. The chain becomes visible to the device
 // at the next Publish.

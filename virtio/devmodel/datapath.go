@@ -1,0 +1,279 @@
+package devmodel
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/nke-harness/nke/virtio"
+	"github.com/nke-harness/nke/virtio/virtionet"
+)
+
+// Errors from Deliver.
+var (
+	ErrNotRunning = errors.New("devmodel: device not running (no DRIVER_OK, or needs reset)")
+	ErrLinkDown   = errors.New("devmodel: link down, frame dropped")
+	ErrFiltered   = errors.New("devmodel: frame filtered by the rx mode")
+	ErrBacklog    = errors.New("devmodel: rx backlog full, frame dropped")
+)
+
+// Deliver hands the device a frame from the wire. It is written into the
+// driver's rx buffers at once when there are enough; otherwise it is queued
+// and ErrNoBuffers returned, and like QEMU the device then waits for an rx
+// kick before delivering anything queued.
+func (n *Net) Deliver(frame []byte) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.status&virtio.StatusDriverOK == 0 || n.status&virtio.StatusNeedsReset != 0 || n.q[rxq].dev == nil {
+		n.stats.RxDropped++
+		return ErrNotRunning
+	}
+	if binary.LittleEndian.Uint16(n.config[6:])&virtionet.StatusLinkUp == 0 && n.opts.Features.Has(virtionet.FStatus) {
+		n.stats.RxDropped++
+		return ErrLinkDown
+	}
+	if !n.acceptLocked(frame) {
+		n.stats.RxDropped++
+		return ErrFiltered
+	}
+	if n.waitKick || n.backlogN > 0 {
+		return n.queueLocked(frame)
+	}
+	if !n.rxOneLocked(frame) {
+		return n.queueLocked(frame)
+	}
+	return nil
+}
+
+func (n *Net) acceptLocked(frame []byte) bool {
+	if n.promisc || len(frame) < 6 {
+		return true
+	}
+	if frame[0]&1 != 0 {
+		bcast := frame[0]&frame[1]&frame[2]&frame[3]&frame[4]&frame[5] == 0xff
+		return bcast || n.allmulti
+	}
+	return [6]byte(frame[:6]) == [6]byte(n.config[:6])
+}
+
+func (n *Net) queueLocked(frame []byte) error {
+	if n.backlogN == len(n.backlog) {
+		n.stats.RxDropped++
+		return ErrBacklog
+	}
+	i := (n.backlogHead + n.backlogN) % len(n.backlog)
+	n.backlog[i] = append(n.backlog[i][:0], frame...)
+	n.backlogN++
+	n.waitKick = true
+	n.q[rxq].dev.SetNotify(true)
+	return ErrNoBuffers
+}
+
+// Backlog reports how many frames wait for rx buffers.
+func (n *Net) Backlog() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.backlogN
+}
+
+// flushLocked delivers queued frames after an rx kick.
+func (n *Net) flushLocked() {
+	for n.backlogN > 0 && n.rxOneLocked(n.backlog[n.backlogHead]) {
+		n.backlogHead = (n.backlogHead + 1) % len(n.backlog)
+		n.backlogN--
+	}
+	if n.backlogN > 0 {
+		n.waitKick = true
+		n.q[rxq].dev.SetNotify(true)
+		return
+	}
+	n.q[rxq].dev.SetNotify(false)
+}
+
+// rxOneLocked writes one frame into rx buffers. It reports false, consuming
+// nothing, when the driver has not posted enough.
+func (n *Net) rxOneLocked(frame []byte) bool {
+	dq := n.q[rxq].dev
+	mrg := n.drvFeatures.Has(virtionet.FMrgRxbuf)
+	var hdr [virtionet.HeaderLen]byte
+	stream := append(n.scratch[:0], hdr[:]...)
+	stream = append(stream, frame...)
+	n.scratch = stream[:0]
+	var heads [64]uint16
+	var lens [64]uint32
+	used, off := 0, 0
+	for off < len(stream) {
+		if dq.Avail() == 0 || used == len(heads) || (!mrg && used == 1) {
+			dq.Unpop(used)
+			if !mrg && used == 1 {
+				// One buffer too small without MRG_RXBUF: QEMU gives the
+				// buffer back and drops the frame.
+				n.stats.RxDropped++
+				return true
+			}
+			return false
+		}
+		ok, err := dq.Pop(&n.chain)
+		if err != nil || !ok {
+			n.failLocked(fmt.Errorf("rx pop: %v", err))
+			return true
+		}
+		if len(n.chain.Read) != 0 || n.chain.WritableLen() == 0 {
+			n.failLocked(fmt.Errorf("rx chain %d has no writable buffer", n.chain.Head))
+			return true
+		}
+		w := 0
+		for _, b := range n.chain.Write {
+			w += copy(b, stream[off+w:])
+		}
+		heads[used], lens[used] = n.chain.Head, uint32(w)
+		used++
+		off += w
+	}
+	if mrg {
+		// num_buffers sits in the first buffer, which holds the whole
+		// header: the driver's buffers are never smaller than 12 bytes.
+		n.scratch = n.scratch[:virtionet.HeaderLen]
+		virtionet.Header(n.scratch).SetNumBuffers(uint16(used))
+		ok, _ := n.rewriteHeaderLocked(heads[0])
+		if !ok {
+			return true
+		}
+	}
+	for i := 0; i < used; i++ {
+		n.pushLocked(rxq, heads[i], lens[i])
+	}
+	n.publishLocked(rxq)
+	n.stats.RxFrames++
+	return true
+}
+
+// rewriteHeaderLocked writes the header in n.scratch into the first
+// writable buffer of chain head again (after num_buffers became known).
+func (n *Net) rewriteHeaderLocked(head uint16) (bool, error) {
+	dq := n.q[rxq].dev
+	if !dq.Writable(head, &n.chain) {
+		n.failLocked(fmt.Errorf("rx chain %d vanished", head))
+		return false, nil
+	}
+	b := n.chain.Write[0]
+	if len(b) < virtionet.HeaderLen {
+		n.failLocked(fmt.Errorf("rx buffer of %d bytes cannot hold the header", len(b)))
+		return false, nil
+	}
+	copy(b, n.scratch)
+	return true, nil
+}
+
+func (n *Net) pushLocked(q int, head uint16, l uint32) {
+	f := &n.faults
+	dq := n.q[q].dev
+	switch {
+	case f.usedID >= 0 && f.usedIDQueue == q:
+		dq.PushRaw(uint32(f.usedID), l)
+		f.usedID = -1
+	case f.oversize > 0 && f.oversizeQueue == q:
+		dq.PushRaw(uint32(head), l+f.oversize)
+		f.oversize = 0
+	default:
+		dq.Push(head, l)
+	}
+}
+
+func (n *Net) publishLocked(q int) {
+	dq := n.q[q].dev
+	dq.PublishUsed()
+	if f := &n.faults; f.usedIdxJump != 0 && f.usedIdxJumpQueue == q {
+		dq.SetUsedIdx(dq.UsedIdx() + f.usedIdxJump)
+		f.usedIdxJump = 0
+	}
+}
+
+// txLocked sends every chain the driver published on the tx queue, then
+// asks for the next kick and looks once more, as QEMU's tx bottom half does.
+func (n *Net) txLocked() {
+	dq := n.q[txq].dev
+	for {
+		dq.SetNotify(false)
+		sent := 0
+		for {
+			ok, err := dq.Pop(&n.chain)
+			if err != nil {
+				n.failLocked(fmt.Errorf("tx pop: %w", err))
+				return
+			}
+			if !ok {
+				break
+			}
+			if len(n.chain.Write) != 0 {
+				n.failLocked(fmt.Errorf("tx chain %d has writable buffers", n.chain.Head))
+				return
+			}
+			pkt := n.scratch[:0]
+			for _, b := range n.chain.Read {
+				pkt = append(pkt, b...)
+			}
+			n.scratch = pkt[:0]
+			if len(pkt) < virtionet.HeaderLen {
+				// QEMU: "virtio-net header incorrect", a fatal device error.
+				n.failLocked(fmt.Errorf("tx chain %d shorter than the header", n.chain.Head))
+				return
+			}
+			if h := virtionet.Header(pkt); h.GSOType() != virtionet.GSONone || h.Flags()&virtionet.HdrFNeedsCsum != 0 {
+				n.failLocked(fmt.Errorf("tx header asks for offloads that were not negotiated: %+v", h.Fields()))
+				return
+			}
+			if n.opts.Tx != nil {
+				n.opts.Tx(pkt[virtionet.HeaderLen:])
+			}
+			n.stats.TxFrames++
+			n.pushLocked(txq, n.chain.Head, 0)
+			sent++
+		}
+		if sent > 0 {
+			n.publishLocked(txq)
+		}
+		dq.SetNotify(true)
+		if dq.Avail() == 0 {
+			return
+		}
+	}
+}
+
+// ctrlLocked answers control commands: the rx mode class, VIRTIO_NET_OK;
+// anything else, VIRTIO_NET_ERR.
+func (n *Net) ctrlLocked() {
+	dq := n.q[ctrlq].dev
+	for {
+		ok, err := dq.Pop(&n.chain)
+		if err != nil {
+			n.failLocked(fmt.Errorf("ctrl pop: %w", err))
+			return
+		}
+		if !ok {
+			break
+		}
+		cmd := n.scratch[:0]
+		for _, b := range n.chain.Read {
+			cmd = append(cmd, b...)
+		}
+		n.scratch = cmd[:0]
+		if len(cmd) < 2 || len(n.chain.Write) == 0 || len(n.chain.Write[0]) < 1 {
+			n.failLocked(fmt.Errorf("ctrl chain %d malformed", n.chain.Head))
+			return
+		}
+		ack := byte(1)
+		if cmd[0] == 0 && (cmd[1] == 0 || cmd[1] == 1) && len(cmd) == 3 && n.drvFeatures.Has(virtionet.FCtrlRx) {
+			on := cmd[2] != 0
+			if cmd[1] == 0 {
+				n.promisc = on
+			} else {
+				n.allmulti = on
+			}
+			ack = 0
+		}
+		n.chain.Write[0][0] = ack
+		n.pushLocked(ctrlq, n.chain.Head, 1)
+	}
+	n.publishLocked(ctrlq)
+}

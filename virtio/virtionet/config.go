@@ -1,0 +1,101 @@
+package virtionet
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/nke-harness/nke/virtio"
+)
+
+// Link status bits in Config.Status, spec 5.1.4.
+const (
+	StatusLinkUp   uint16 = 1
+	StatusAnnounce uint16 = 2
+)
+
+// Config is the device-specific configuration, spec 5.1.4 "struct
+// virtio_net_config": mac[6] @0, status le16 @6, max_virtqueue_pairs le16 @8,
+// mtu le16 @10, speed le32 @12, duplex u8 @16.
+type Config struct {
+	MAC      net.HardwareAddr
+	Status   uint16
+	MaxPairs uint16
+	MTU      uint16
+}
+
+// ConfigSize is how much of the configuration the driver reads.
+const ConfigSize = 12
+
+// ErrConfig reports device configuration the driver refuses.
+var ErrConfig = errors.New("virtio-net config invalid")
+
+// ParseConfig decodes and validates configuration bytes for the negotiated
+// features fs. Fields whose feature is absent are left zero.
+func ParseConfig(b []byte, fs virtio.Features) (Config, error) {
+	var c Config
+	need := 0
+	switch {
+	case fs.Has(FMTU):
+		need = 12
+	case fs.Has(FMQ):
+		need = 10
+	case fs.Has(FStatus):
+		need = 8
+	case fs.Has(FMAC):
+		need = 6
+	}
+	if len(b) < need {
+		return Config{}, fmt.Errorf("%w: %d bytes, the negotiated features need %d", ErrConfig, len(b), need)
+	}
+	if fs.Has(FMAC) {
+		mac := net.HardwareAddr(append([]byte(nil), b[:6]...))
+		if mac[0]&1 != 0 || [6]byte(mac) == [6]byte{} {
+			return Config{}, fmt.Errorf("%w: MAC %v is not a unicast address", ErrConfig, mac)
+		}
+		c.MAC = mac
+	}
+	if fs.Has(FStatus) {
+		c.Status = binary.LittleEndian.Uint16(b[6:])
+		if c.Status&^(StatusLinkUp|StatusAnnounce) != 0 {
+			return Config{}, fmt.Errorf("%w: status %#x has undefined bits", ErrConfig, c.Status)
+		}
+	} else {
+		c.Status = StatusLinkUp // spec: without STATUS the link is assumed up
+	}
+	c.MaxPairs = 1
+	if fs.Has(FMQ) {
+		c.MaxPairs = binary.LittleEndian.Uint16(b[8:])
+		if c.MaxPairs < 1 || c.MaxPairs > 0x8000 {
+			return Config{}, fmt.Errorf("%w: max_virtqueue_pairs %d outside 1..32768", ErrConfig, c.MaxPairs)
+		}
+	}
+	if fs.Has(FMTU) {
+		c.MTU = binary.LittleEndian.Uint16(b[10:])
+		if c.MTU < 68 {
+			return Config{}, fmt.Errorf("%w: mtu %d below 68", ErrConfig, c.MTU)
+		}
+	}
+	return c, nil
+}
+
+// readConfig reads the configuration consistently: config_generation before
+// and after must match (spec 2.5.1), retried a bounded number of times.
+// It returns the bytes read: fewer than len(buf) when the device's window
+// is shorter, which ParseConfig then judges.
+func readConfig(t virtio.Transport, buf []byte) ([]byte, error) {
+	if n := t.ConfigLen(); n < len(buf) {
+		buf = buf[:max(n, 0)]
+	}
+	for try := 0; try < 16; try++ {
+		g := t.ConfigGeneration()
+		if err := t.ReadConfig(0, buf); err != nil {
+			return nil, err
+		}
+		if t.ConfigGeneration() == g {
+			return buf, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: config_generation kept changing while reading", ErrConfig)
+}

@@ -1,0 +1,67 @@
+// Package virtionet is a poll-mode virtio-net driver (virtio 1.2, section
+// 5.1) over any virtio.Transport: feature negotiation, one rx/tx queue pair
+// with burst APIs over caller-owned slices, the control queue, link status,
+// and recovery from a device that needs (or earns) a reset.
+//
+// A Device's data path (RxBurst, TxBurst, Reclaim, Poll) belongs to one
+// goroutine; Stats and the control calls may be used from others.
+package virtionet
+
+import "github.com/nke-harness/nke/virtio"
+
+// Device-specific feature bits, spec 5.1.3.
+const (
+	FCsum              virtio.Feature = 0
+	FGuestCsum         virtio.Feature = 1
+	FCtrlGuestOffloads virtio.Feature = 2
+	FMTU               virtio.Feature = 3
+	FMAC               virtio.Feature = 5
+	FGuestTSO4         virtio.Feature = 7
+	FGuestTSO6         virtio.Feature = 8
+	FGuestECN          virtio.Feature = 9
+	FGuestUFO          virtio.Feature = 10
+	FHostTSO4          virtio.Feature = 11
+	FHostTSO6          virtio.Feature = 12
+	FHostECN           virtio.Feature = 13
+	FHostUFO           virtio.Feature = 14
+	FMrgRxbuf          virtio.Feature = 15
+	FStatus            virtio.Feature = 16
+	FCtrlVQ            virtio.Feature = 17
+	FCtrlRx            virtio.Feature = 18
+	FCtrlVLAN          virtio.Feature = 19
+	FCtrlRxExtra       virtio.Feature = 20
+	FGuestAnnounce     virtio.Feature = 21
+	FMQ                virtio.Feature = 22
+	FCtrlMACAddr       virtio.Feature = 23
+	FHashReport        virtio.Feature = 57
+	FRSS               virtio.Feature = 60
+	FRSCExt            virtio.Feature = 61
+	FStandby           virtio.Feature = 62
+	FSpeedDuplex       virtio.Feature = 63
+)
+
+// FeatureNames names the device-specific bits for virtio.Features.Names.
+var FeatureNames = map[virtio.Feature]string{
+	FCsum: "CSUM", FGuestCsum: "GUEST_CSUM", FCtrlGuestOffloads: "CTRL_GUEST_OFFLOADS",
+	FMTU: "MTU", FMAC: "MAC", FGuestTSO4: "GUEST_TSO4", FGuestTSO6: "GUEST_TSO6",
+	FGuestECN: "GUEST_ECN", FGuestUFO: "GUEST_UFO", FHostTSO4: "HOST_TSO4",
+	FHostTSO6: "HOST_TSO6", FHostECN: "HOST_ECN", FHostUFO: "HOST_UFO",
+	FMrgRxbuf: "MRG_RXBUF", FStatus: "STATUS", FCtrlVQ: "CTRL_VQ", FCtrlRx: "CTRL_RX",
+	FCtrlVLAN: "CTRL_VLAN", FCtrlRxExtra: "CTRL_RX_EXTRA", FGuestAnnounce: "GUEST_ANNOUNCE",
+	FMQ: "MQ", FCtrlMACAddr: "CTRL_MAC_ADDR", FHashReport: "HASH_REPORT", FRSS: "RSS",
+	FRSCExt: "RSC_EXT", FStandby: "STANDBY", FSpeedDuplex: "SPEED_DUPLEX",
+}
+
+// Supported is every feature this driver can use. It accepts the subset the
+// device offers, minus what Options.Refuse removes. Offloads are absent on
+// purpose: QEMU's user, stream and dgram backends have no vnet header and
+// never offer them, and the NKE chain must see whole, checksummed frames.
+const Supported = 1<<virtio.FVersion1 | 1<<virtio.FAccessPlatform |
+	1<<virtio.FIndirectDesc | 1<<virtio.FEventIdx |
+	1<<FMAC | 1<<FMTU | 1<<FStatus | 1<<FMrgRxbuf | 1<<FCtrlVQ | 1<<FCtrlRx
+
+// Required must be offered or the device is refused.
+const Required = 1 << virtio.FVersion1
+
+// FeatureList names the set bits of fs, device-specific and reserved.
+func FeatureList(fs virtio.Features) []string { return fs.Names(FeatureNames) }
