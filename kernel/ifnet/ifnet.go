@@ -1,0 +1,423 @@
+// Package ifnet is the interface layer between a NIC driver's rings and the
+// protocols above: one poll loop per interface owns the driver's data path,
+// receives bursts, demultiplexes frames by EtherType to attached protocols,
+// and transmits what other goroutines queued with Output.
+//
+// This is where xnu's dlil sits. Interface filters and protocol plumbing
+// (NKEs) hook in here; the loop reads each hook's filter chain once per
+// burst.
+package ifnet
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nke-harness/nke/kernel/mbuf"
+)
+
+// Driver is what an interface needs from a NIC driver. Its data-path
+// methods are called only from the interface's poll loop.
+// virtionet.Device implements it.
+type Driver interface {
+	// RxBurst fills pkts with received frames; the caller owns them.
+	RxBurst(pkts []*mbuf.Mbuf) (int, error)
+	// TxBurst takes ownership of pkts[:n] and returns n.
+	TxBurst(pkts []*mbuf.Mbuf) (int, error)
+	// Reclaim frees packets the device has finished sending.
+	Reclaim() error
+	// TxInFlight is the number of packets in the device's tx ring.
+	TxInFlight() int
+	// Health reports a device that needs Recover.
+	Health() error
+	// Recover resets and restarts the device.
+	Recover() error
+	// LinkUp reads the link state.
+	LinkUp() (bool, error)
+	// MAC is the hardware address.
+	MAC() []byte
+	// MTU is the IP MTU.
+	MTU() int
+	// Pool is where transmitted packets should come from.
+	Pool() *mbuf.Pool
+}
+
+// Handler receives a frame for an attached protocol and owns it from then
+// on: it must free it. It runs on the poll loop: it must not block.
+type Handler func(m *mbuf.Mbuf)
+
+// EtherTypes the stack attaches by default.
+const (
+	EtherTypeIPv4 uint16 = 0x0800
+	EtherTypeARP  uint16 = 0x0806
+	EtherTypeIPv6 uint16 = 0x86dd
+)
+
+// Errors.
+var (
+	ErrProtoAttached = errors.New("ifnet: a protocol is already attached for that EtherType")
+	ErrNoBufs        = errors.New("ifnet: output queue full, packet dropped")
+	ErrStopped       = errors.New("ifnet: interface stopped")
+)
+
+// Config tunes an interface. Zero values take the defaults.
+type Config struct {
+	Name  string // e.g. "vtnet0"
+	Index uint16 // interface index, stamped on received packets
+	// Burst is the most frames received or sent per driver call (32).
+	Burst int
+	// TxQueueLen bounds packets waiting for the poll loop (1024).
+	TxQueueLen int
+	// IdleSpin is how many empty polls pass before the loop sleeps (64).
+	IdleSpin int
+	// MaxSleep bounds an idle sleep, and so the receive latency of an
+	// idle interface (500µs). Output wakes the loop at once.
+	MaxSleep time.Duration
+	// CheckEvery is how often device health and link are read (20ms).
+	CheckEvery time.Duration
+	// Logf reports link changes and device recoveries.
+	Logf func(format string, args ...any)
+}
+
+func (c *Config) defaults() {
+	if c.Name == "" {
+		c.Name = "vtnet0"
+	}
+	if c.Burst <= 0 {
+		c.Burst = 32
+	}
+	if c.TxQueueLen <= 0 {
+		c.TxQueueLen = 1024
+	}
+	if c.IdleSpin <= 0 {
+		c.IdleSpin = 64
+	}
+	if c.MaxSleep <= 0 {
+		c.MaxSleep = 500 * time.Microsecond
+	}
+	if c.CheckEvery <= 0 {
+		c.CheckEvery = 20 * time.Millisecond
+	}
+	if c.Logf == nil {
+		c.Logf = func(string, ...any) {}
+	}
+}
+
+type demux struct {
+	types    []uint16
+	handlers []Handler
+}
+
+// Interface is one network interface driven by a poll loop.
+type Interface struct {
+	cfg Config
+	drv Driver
+	mac [6]byte
+
+	protoMu sync.Mutex // serialises attach/detach; readers use the snapshot
+	protos  atomic.Pointer[demux]
+
+	txq   *mbuf.Queue
+	waker waker
+	// sleeping is set while the loop is (about to be) asleep, so Output
+	// knows to wake it; cleared by the loop.
+	sleeping atomic.Bool
+
+	link    atomic.Bool
+	running atomic.Bool
+	stop    chan struct{}
+	done    chan struct{}
+
+	stats counters
+}
+
+type counters struct {
+	rxPackets, rxBytes, rxUnknown, rxShort    atomic.Uint64
+	txPackets, txBytes, txQueueDrops          atomic.Uint64
+	recoveries, linkChanges, polls, idleWaits atomic.Uint64
+}
+
+// Stats count what the interface layer did (the driver has its own).
+type Stats struct {
+	RxPackets uint64 `json:"rx_packets"`
+	RxBytes   uint64 `json:"rx_bytes"`
+	RxUnknown uint64 `json:"rx_unknown_proto"`
+	RxShort   uint64 `json:"rx_short"`
+	// TxPackets and TxBytes count frames accepted by Output.
+	TxPackets    uint64 `json:"tx_packets"`
+	TxBytes      uint64 `json:"tx_bytes"`
+	TxQueueDrops uint64 `json:"tx_queue_drops"`
+	Recoveries   uint64 `json:"recoveries"`
+	LinkChanges  uint64 `json:"link_changes"`
+	Polls        uint64 `json:"polls"`
+	IdleWaits    uint64 `json:"idle_waits"`
+}
+
+// New returns an interface over drv. Start runs its poll loop.
+func New(drv Driver, cfg Config) (*Interface, error) {
+	cfg.defaults()
+	w, err := newWaker()
+	if err != nil {
+		return nil, fmt.Errorf("ifnet %s: %w", cfg.Name, err)
+	}
+	ifp := &Interface{cfg: cfg, drv: drv, txq: mbuf.NewQueue(cfg.TxQueueLen), waker: w,
+		stop: make(chan struct{}), done: make(chan struct{})}
+	copy(ifp.mac[:], drv.MAC())
+	ifp.protos.Store(&demux{})
+	return ifp, nil
+}
+
+// Name is the interface's name.
+func (ifp *Interface) Name() string { return ifp.cfg.Name }
+
+// Index is the interface's index.
+func (ifp *Interface) Index() uint16 { return ifp.cfg.Index }
+
+// MAC is the interface's hardware address.
+func (ifp *Interface) MAC() [6]byte { return ifp.mac }
+
+// MTU is the IP MTU.
+func (ifp *Interface) MTU() int { return ifp.drv.MTU() }
+
+// Pool is where packets for Output should come from.
+func (ifp *Interface) Pool() *mbuf.Pool { return ifp.drv.Pool() }
+
+// LinkUp is the link state last read by the poll loop.
+func (ifp *Interface) LinkUp() bool { return ifp.link.Load() }
+
+// AttachProtocol routes received frames of etherType to h.
+func (ifp *Interface) AttachProtocol(etherType uint16, h Handler) error {
+	ifp.protoMu.Lock()
+	defer ifp.protoMu.Unlock()
+	old := ifp.protos.Load()
+	for _, t := range old.types {
+		if t == etherType {
+			return fmt.Errorf("%w: %#04x on %s", ErrProtoAttached, etherType, ifp.cfg.Name)
+		}
+	}
+	nd := &demux{types: append(append([]uint16(nil), old.types...), etherType),
+		handlers: append(append([]Handler(nil), old.handlers...), h)}
+	ifp.protos.Store(nd)
+	return nil
+}
+
+// Output queues a whole Ethernet frame for transmission and wakes the poll
+// loop. It always takes ownership of m; a full queue drops it (counted) and
+// returns ErrNoBufs.
+func (ifp *Interface) Output(m *mbuf.Mbuf) error {
+	n := m.PktLen()
+	if !ifp.txq.Enqueue(m) {
+		m.Free()
+		ifp.stats.txQueueDrops.Add(1)
+		return ErrNoBufs
+	}
+	ifp.stats.txPackets.Add(1)
+	ifp.stats.txBytes.Add(uint64(n))
+	if ifp.sleeping.Load() {
+		ifp.waker.Wake()
+	}
+	return nil
+}
+
+// Start runs the poll loop on its own locked OS thread.
+func (ifp *Interface) Start() {
+	if ifp.running.Swap(true) {
+		return
+	}
+	if up, err := ifp.drv.LinkUp(); err == nil {
+		ifp.link.Store(up)
+	}
+	go ifp.loop()
+}
+
+// Stop ends the poll loop and waits for it. Queued packets are freed.
+func (ifp *Interface) Stop() {
+	if !ifp.running.Load() {
+		return
+	}
+	select {
+	case <-ifp.stop:
+	default:
+		close(ifp.stop)
+	}
+	ifp.waker.Wake()
+	<-ifp.done
+	ifp.txq.Drain()
+	ifp.waker.Close()
+}
+
+// Stats returns the interface counters. Safe from any goroutine.
+func (ifp *Interface) Stats() Stats {
+	c := &ifp.stats
+	return Stats{
+		RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load(), RxUnknown: c.rxUnknown.Load(), RxShort: c.rxShort.Load(),
+		TxPackets: c.txPackets.Load(), TxBytes: c.txBytes.Load(), TxQueueDrops: c.txQueueDrops.Load(),
+		Recoveries: c.recoveries.Load(), LinkChanges: c.linkChanges.Load(),
+		Polls: c.polls.Load(), IdleWaits: c.idleWaits.Load(),
+	}
+}
+
+func (ifp *Interface) loop() {
+	// The loop owns the driver's rings; a locked thread keeps it on one
+	// CPU's worth of caches and lets it block in ppoll without stalling
+	// other goroutines.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer close(ifp.done)
+	rx := make([]*mbuf.Mbuf, ifp.cfg.Burst)
+	tx := make([]*mbuf.Mbuf, ifp.cfg.Burst)
+	pending := 0 // tx[:pending] are waiting for ring space
+	idle := 0
+	sleep := time.Duration(0)
+	nextCheck := time.Now().Add(ifp.cfg.CheckEvery)
+	for {
+		select {
+		case <-ifp.stop:
+			for _, m := range tx[:pending] {
+				m.Free()
+			}
+			return
+		default:
+		}
+		ifp.stats.polls.Add(1)
+		work := false
+
+		n, err := ifp.drv.RxBurst(rx)
+		if n > 0 {
+			work = true
+			ifp.input(rx[:n])
+		}
+		if err != nil {
+			ifp.recover(err)
+			continue
+		}
+
+		pending += ifp.txq.DequeueBatch(tx[pending:])
+		if pending > 0 {
+			sent, err := ifp.drv.TxBurst(tx[:pending])
+			if sent > 0 {
+				work = true
+				copy(tx, tx[sent:pending])
+				pending -= sent
+			}
+			if err != nil {
+				ifp.recover(err)
+				continue
+			}
+		} else if ifp.drv.TxInFlight() > 0 {
+			if err := ifp.drv.Reclaim(); err != nil {
+				ifp.recover(err)
+				continue
+			}
+		}
+
+		if now := time.Now(); now.After(nextCheck) {
+			nextCheck = now.Add(ifp.cfg.CheckEvery)
+			ifp.check()
+		}
+
+		if work {
+			idle, sleep = 0, 0
+			continue
+		}
+		if idle++; idle < ifp.cfg.IdleSpin {
+			continue
+		}
+		// Idle: sleep with exponential backoff, woken early by Output.
+		if sleep == 0 {
+			sleep = 10 * time.Microsecond
+		} else if sleep *= 2; sleep > ifp.cfg.MaxSleep {
+			sleep = ifp.cfg.MaxSleep
+		}
+		ifp.sleeping.Store(true)
+		if ifp.txq.Len() == 0 {
+			ifp.stats.idleWaits.Add(1)
+			ifp.waker.Wait(sleep)
+		}
+		ifp.sleeping.Store(false)
+	}
+}
+
+// input counts and demultiplexes a burst. Each frame goes to the protocol
+// attached for its EtherType or is dropped.
+func (ifp *Interface) input(pkts []*mbuf.Mbuf) {
+	d := ifp.protos.Load() // one snapshot per burst
+	var bytes, unknown, short uint64
+	for _, m := range pkts {
+		m.RcvIf = ifp.cfg.Index
+		bytes += uint64(m.PktLen())
+		if m.Len() < 14 {
+			short++
+			m.Free()
+			continue
+		}
+		et := binary.BigEndian.Uint16(m.Bytes()[12:14])
+		h := lookup(d, et)
+		if h == nil {
+			unknown++
+			m.Free()
+			continue
+		}
+		h(m)
+	}
+	ifp.stats.rxPackets.Add(uint64(len(pkts)))
+	ifp.stats.rxBytes.Add(bytes)
+	if unknown > 0 {
+		ifp.stats.rxUnknown.Add(unknown)
+	}
+	if short > 0 {
+		ifp.stats.rxShort.Add(short)
+	}
+}
+
+func lookup(d *demux, et uint16) Handler {
+	for i, t := range d.types {
+		if t == et {
+			return d.handlers[i]
+		}
+	}
+	return nil
+}
+
+func (ifp *Interface) recover(cause error) {
+	ifp.stats.recoveries.Add(1)
+	ifp.cfg.Logf("%s: device error, resetting: %v", ifp.cfg.Name, cause)
+	if err := ifp.drv.Recover(); err != nil {
+		ifp.cfg.Logf("%s: recovery failed: %v", ifp.cfg.Name, err)
+		// Back off before trying again; the device may come back.
+		ifp.waker.Wait(100 * time.Millisecond)
+		return
+	}
+	ifp.cfg.Logf("%s: device reset and running again", ifp.cfg.Name)
+}
+
+func (ifp *Interface) check() {
+	if err := ifp.drv.Health(); err != nil {
+		ifp.recover(err)
+		return
+	}
+	up, err := ifp.drv.LinkUp()
+	if err != nil {
+		ifp.cfg.Logf("%s: %v", ifp.cfg.Name, err)
+		return
+	}
+	if ifp.link.Swap(up) != up {
+		ifp.stats.linkChanges.Add(1)
+		state := "down"
+		if up {
+			state = "up"
+		}
+		ifp.cfg.Logf("%s: link %s", ifp.cfg.Name, state)
+	}
+}
+
+// waker lets the poll loop sleep for a bounded time and be woken early.
+type waker interface {
+	Wait(d time.Duration)
+	Wake()
+	Close()
+}

@@ -1,0 +1,206 @@
+package mbuf
+
+import (
+	"bytes"
+	"sync"
+	"testing"
+
+	"github.com/nke-harness/nke/kernel/dma"
+)
+
+func newPool(t testing.TB, n int) *Pool {
+	t.Helper()
+	p, err := NewPool(dma.NewHeap(n*2048+4096), "test", n, 2048, 128)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestPoolGeometry(t *testing.T) {
+	h := dma.NewHeap(1 << 16)
+	for _, c := range []struct{ n, size, head int }{{0, 2048, 0}, {1, 0, 0}, {1, 64, 64}, {1, 64, -1}} {
+		if _, err := NewPool(h, "bad", c.n, c.size, c.head); err == nil {
+			t.Errorf("NewPool(%d, %d, %d) succeeded", c.n, c.size, c.head)
+		}
+	}
+	if _, err := NewPool(dma.NewHeap(4096), "small", 4, 2048, 0); err == nil {
+		t.Error("pool larger than its memory succeeded")
+	}
+}
+
+func TestDataOps(t *testing.T) {
+	p := newPool(t, 2)
+	m := p.Get()
+	if m.Headroom() != 128 || m.Len() != 0 || m.Tailroom() != 2048-128 || m.Cap() != 2048 {
+		t.Fatalf("fresh buffer: headroom %d len %d tailroom %d", m.Headroom(), m.Len(), m.Tailroom())
+	}
+	b, ok := m.Append(10)
+	copy(b, "0123456789")
+	if !ok || string(m.Bytes()) != "0123456789" {
+		t.Fatal("Append")
+	}
+	h, ok := m.Prepend(4)
+	copy(h, "hdr:")
+	if !ok || string(m.Bytes()) != "hdr:0123456789" || m.Addr() != m.BufAddr()+124 {
+		t.Fatalf("Prepend: %q addr %#x", m.Bytes(), m.Addr())
+	}
+	if _, ok := m.Prepend(125); ok {
+		t.Fatal("Prepend beyond headroom succeeded")
+	}
+	if !m.Adj(4) || !m.Trim(2) || string(m.Bytes()) != "01234567" {
+		t.Fatalf("Adj/Trim: %q", m.Bytes())
+	}
+	if m.Adj(9) || m.Trim(-1) || m.SetData(2040, 9) {
+		t.Fatal("out-of-range op succeeded")
+	}
+	n := p.Get()
+	nb, _ := n.Append(3)
+	copy(nb, "abc")
+	m.SetNext(n)
+	if m.PktLen() != 11 || m.Segs() != 2 {
+		t.Fatalf("chain: len %d segs %d", m.PktLen(), m.Segs())
+	}
+	out := make([]byte, 20)
+	if k := m.CopyOut(out); k != 11 || !bytes.Equal(out[:k], []byte("01234567abc")) {
+		t.Fatalf("CopyOut = %q", out[:k])
+	}
+	m.Free()
+	if p.Avail() != 2 {
+		t.Fatalf("chain free returned %d of 2", p.Avail())
+	}
+}
+
+func TestRefsAndDoubleFree(t *testing.T) {
+	p := newPool(t, 1)
+	m := p.Get()
+	m.Ref()
+	m.Free()
+	if p.Avail() != 0 {
+		t.Fatal("buffer returned while referenced")
+	}
+	m.Free()
+	if p.Avail() != 1 {
+		t.Fatal("buffer not returned at last reference")
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("double free did not panic")
+		}
+	}()
+	m.Free()
+}
+
+func TestPoolExhaustionAndBatch(t *testing.T) {
+	p := newPool(t, 4)
+	dst := make([]*Mbuf, 6)
+	if k := p.GetBatch(dst); k != 4 {
+		t.Fatalf("GetBatch = %d, want 4", k)
+	}
+	if p.Get() != nil {
+		t.Fatal("Get on an empty pool returned a buffer")
+	}
+	seen := map[uint64]bool{}
+	for _, m := range dst[:4] {
+		if seen[m.BufAddr()] {
+			t.Fatal("same buffer handed out twice")
+		}
+		seen[m.BufAddr()] = true
+		m.Free()
+	}
+}
+
+func TestQueue(t *testing.T) {
+	p := newPool(t, 8)
+	q := NewQueue(4)
+	var in []*Mbuf
+	for i := 0; i < 5; i++ {
+		m := p.Get()
+		if ok := q.Enqueue(m); ok != (i < 4) {
+			t.Fatalf("Enqueue %d = %v", i, ok)
+		}
+		if i < 4 {
+			in = append(in, m)
+		} else {
+			m.Free()
+		}
+	}
+	out := make([]*Mbuf, 3)
+	if k := q.DequeueBatch(out); k != 3 || out[0] != in[0] || out[2] != in[2] {
+		t.Fatal("DequeueBatch order")
+	}
+	for _, m := range out {
+		m.Free()
+	}
+	q.Enqueue(p.Get()) // wraps around
+	if q.Len() != 2 || q.Drain() != 2 || p.Avail() != 8 {
+		t.Fatalf("Drain: len %d avail %d", q.Len(), p.Avail())
+	}
+}
+
+func TestConcurrentPoolAndQueue(t *testing.T) {
+	p := newPool(t, 256)
+	q := NewQueue(64)
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 2000; i++ {
+				if m := p.Get(); m != nil && !q.Enqueue(m) {
+					m.Free()
+				}
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	batch := make([]*Mbuf, 16)
+	for {
+		k := q.DequeueBatch(batch)
+		for _, m := range batch[:k] {
+			m.Free()
+		}
+		select {
+		case <-done:
+			q.Drain()
+			if p.Avail() != 256 {
+				t.Fatalf("%d of 256 buffers back", p.Avail())
+			}
+			return
+		default:
+		}
+	}
+}
+
+func TestNoAllocs(t *testing.T) {
+	p := newPool(t, 64)
+	q := NewQueue(64)
+	batch := make([]*Mbuf, 32)
+	if a := testing.AllocsPerRun(100, func() {
+		k := p.GetBatch(batch)
+		for _, m := range batch[:k] {
+			m.Append(60)
+			m.Prepend(12)
+			q.Enqueue(m)
+		}
+		k = q.DequeueBatch(batch)
+		for _, m := range batch[:k] {
+			m.Free()
+		}
+	}); a != 0 {
+		t.Fatalf("%v allocs per burst", a)
+	}
+}
+
+func BenchmarkGetFree(b *testing.B) {
+	p := newPool(b, 64)
+	batch := make([]*Mbuf, 32)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		k := p.GetBatch(batch)
+		for _, m := range batch[:k] {
+			m.Free()
+		}
+	}
+}
