@@ -1,0 +1,275 @@
+// Package netstack attaches an ifnet.Interface to gVisor's TCP/IP stack:
+// a link endpoint that copies frames between packet buffers (DMA memory)
+// and the stack's own buffers, and the addressing and routes of the guest.
+package netstack
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/nke-harness/nke/kernel/ifnet"
+	"github.com/nke-harness/nke/kernel/mbuf"
+)
+
+// Config is the guest's addressing.
+type Config struct {
+	// Addr is the interface address and subnet, e.g. 10.0.2.15/24.
+	Addr netip.Prefix
+	// Gateway is the default router; invalid means no default route.
+	Gateway netip.Addr
+}
+
+// NICID is the stack's id for the one interface.
+const NICID tcpip.NICID = 1
+
+// Stack is gVisor's stack over one interface.
+type Stack struct {
+	*stack.Stack
+	ep  *endpoint
+	cfg Config
+}
+
+// New builds a stack with IPv4, IPv6, ARP, TCP, UDP and ICMP on ifp, and
+// attaches it to ifp's IPv4, ARP and IPv6 EtherTypes.
+func New(ifp *ifnet.Interface, cfg Config) (*Stack, error) {
+	if !cfg.Addr.IsValid() || !cfg.Addr.Addr().Is4() {
+		return nil, fmt.Errorf("netstack: address %v is not an IPv4 prefix", cfg.Addr)
+	}
+	s := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
+		HandleLocal:        true,
+	})
+	ep := &endpoint{ifp: ifp, pool: ifp.Pool()}
+	mac := ifp.MAC()
+	ep.mac = tcpip.LinkAddress(mac[:])
+	ep.mtu.Store(uint32(ifp.MTU()))
+	if err := s.CreateNICWithOptions(NICID, ep, stack.NICOptions{Name: ifp.Name()}); err != nil {
+		return nil, fmt.Errorf("netstack: create NIC: %s", err)
+	}
+	addr := tcpip.AddrFrom4(cfg.Addr.Addr().As4())
+	if err := s.AddProtocolAddress(NICID, tcpip.ProtocolAddress{
+		Protocol:          ipv4.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddressWithPrefix{Address: addr, PrefixLen: cfg.Addr.Bits()},
+	}, stack.AddressProperties{}); err != nil {
+		return nil, fmt.Errorf("netstack: add address %v: %s", cfg.Addr, err)
+	}
+	if err := s.AddProtocolAddress(NICID, tcpip.ProtocolAddress{
+		Protocol:          ipv6.ProtocolNumber,
+		AddressWithPrefix: header.LinkLocalAddr(ep.mac).WithPrefix(),
+	}, stack.AddressProperties{}); err != nil {
+		return nil, fmt.Errorf("netstack: add IPv6 link-local address: %s", err)
+	}
+	subnet, err := tcpip.NewSubnet(tcpip.AddrFrom4(cfg.Addr.Masked().Addr().As4()),
+		tcpip.MaskFromBytes(netipMask(cfg.Addr.Bits())))
+	if err != nil {
+		return nil, fmt.Errorf("netstack: subnet %v: %v", cfg.Addr, err)
+	}
+	routes := []tcpip.Route{{Destination: subnet, NIC: NICID}, {Destination: header.IPv6EmptySubnet, NIC: NICID}}
+	if cfg.Gateway.IsValid() {
+		routes = append(routes, tcpip.Route{Destination: header.IPv4EmptySubnet, Gateway: tcpip.AddrFrom4(cfg.Gateway.As4()), NIC: NICID})
+	}
+	s.SetRouteTable(routes)
+	// Generous TCP buffers: the link is fast and the RTT under TCG is not.
+	sack := tcpip.TCPSACKEnabled(true)
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 256 << 10, Max: 4 << 20}
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv)
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 256 << 10, Max: 4 << 20}
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &snd)
+
+	for _, et := range []uint16{ifnet.EtherTypeIPv4, ifnet.EtherTypeARP, ifnet.EtherTypeIPv6} {
+		if err := ifp.AttachProtocol(et, ep.deliver); err != nil {
+			return nil, err
+		}
+	}
+	return &Stack{Stack: s, ep: ep, cfg: cfg}, nil
+}
+
+func netipMask(bits int) []byte {
+	m := make([]byte, 4)
+	for i := 0; i < bits; i++ {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	return m
+}
+
+// Config returns the addressing the stack was built with.
+func (s *Stack) Config() Config { return s.cfg }
+
+// LinkStats counts what the endpoint copied and dropped.
+type LinkStats struct {
+	RxDelivered uint64 `json:"rx_delivered"`
+	RxMalformed uint64 `json:"rx_malformed"`
+	TxNoBufs    uint64 `json:"tx_no_bufs"`
+	TxTooBig    uint64 `json:"tx_too_big"`
+}
+
+// LinkStats returns the endpoint's counters.
+func (s *Stack) LinkStats() LinkStats {
+	e := s.ep
+	return LinkStats{e.rxDelivered.Load(), e.rxMalformed.Load(), e.txNoBufs.Load(), e.txTooBig.Load()}
+}
+
+// endpoint is the stack.LinkEndpoint over an ifnet.Interface.
+type endpoint struct {
+	ifp  *ifnet.Interface
+	pool *mbuf.Pool
+	mac  tcpip.LinkAddress
+	mtu  atomic.Uint32
+
+	mu sync.RWMutex
+	// +checklocks:mu
+	dispatcher stack.NetworkDispatcher
+	// +checklocks:mu
+	onClose func()
+
+	rxDelivered, rxMalformed, txNoBufs, txTooBig atomic.Uint64
+}
+
+var _ stack.LinkEndpoint = (*endpoint)(nil)
+
+// deliver is the ifnet handler for the stack's EtherTypes. It copies the
+// frame into the stack's pooled buffers and frees the packet buffer, so DMA
+// memory goes back to the rx ring at once.
+func (e *endpoint) deliver(m *mbuf.Mbuf) {
+	e.mu.RLock()
+	d := e.dispatcher
+	e.mu.RUnlock()
+	if d == nil {
+		m.Free()
+		return
+	}
+	var buf buffer.Buffer
+	for b := m; b != nil; b = b.Next() {
+		if b.Len() > 0 {
+			buf.Append(buffer.NewViewWithData(b.Bytes()))
+		}
+	}
+	flags := m.Flags
+	m.Free()
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
+	defer pkt.DecRef()
+	hdr, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize)
+	if !ok {
+		e.rxMalformed.Add(1)
+		return
+	}
+	eth := header.Ethernet(hdr)
+	switch {
+	case flags&mbuf.FlagBroadcast != 0:
+		pkt.PktType = tcpip.PacketBroadcast
+	case flags&mbuf.FlagMulticast != 0:
+		pkt.PktType = tcpip.PacketMulticast
+	case eth.DestinationAddress() == e.mac:
+		pkt.PktType = tcpip.PacketHost
+	default:
+		pkt.PktType = tcpip.PacketOtherHost
+	}
+	e.rxDelivered.Add(1)
+	d.DeliverNetworkPacket(eth.Type(), pkt)
+}
+
+// WritePackets copies each packet into a packet buffer and queues it on the
+// interface. Running out of buffers is backpressure for the stack.
+func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	n := 0
+	for _, pkt := range pkts.AsSlice() {
+		size := pkt.Size()
+		m := e.pool.Get()
+		if m == nil {
+			e.txNoBufs.Add(1)
+			if n == 0 {
+				return 0, &tcpip.ErrNoBufferSpace{}
+			}
+			break
+		}
+		b, ok := m.Append(size)
+		if !ok {
+			m.Free()
+			e.txTooBig.Add(1)
+			if n == 0 {
+				return 0, &tcpip.ErrMessageTooLong{}
+			}
+			break
+		}
+		off := 0
+		for _, s := range pkt.AsSlices() {
+			off += copy(b[off:], s)
+		}
+		if err := e.ifp.Output(m); err != nil {
+			if n == 0 {
+				return 0, &tcpip.ErrNoBufferSpace{}
+			}
+			break
+		}
+		n++
+	}
+	return n, nil
+}
+
+func (e *endpoint) MTU() uint32                      { return e.mtu.Load() }
+func (e *endpoint) SetMTU(mtu uint32)                { e.mtu.Store(mtu) }
+func (e *endpoint) MaxHeaderLength() uint16          { return header.EthernetMinimumSize }
+func (e *endpoint) LinkAddress() tcpip.LinkAddress   { return e.mac }
+func (e *endpoint) SetLinkAddress(tcpip.LinkAddress) {}
+func (e *endpoint) Capabilities() stack.LinkEndpointCapabilities {
+	return stack.CapabilityResolutionRequired
+}
+func (e *endpoint) Wait()                                   {}
+func (e *endpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareEther }
+
+func (e *endpoint) Attach(d stack.NetworkDispatcher) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.dispatcher = d
+}
+
+func (e *endpoint) IsAttached() bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.dispatcher != nil
+}
+
+// AddHeader writes the Ethernet header, as gVisor's ethernet endpoint does.
+func (e *endpoint) AddHeader(pkt *stack.PacketBuffer) {
+	eth := header.Ethernet(pkt.LinkHeader().Push(header.EthernetMinimumSize))
+	eth.Encode(&header.EthernetFields{
+		SrcAddr: pkt.EgressRoute.LocalLinkAddress,
+		DstAddr: pkt.EgressRoute.RemoteLinkAddress,
+		Type:    pkt.NetworkProtocolNumber,
+	})
+}
+
+func (e *endpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
+	_, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize)
+	return ok
+}
+
+func (e *endpoint) Close() {
+	e.mu.Lock()
+	f := e.onClose
+	e.mu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+func (e *endpoint) SetOnCloseAction(f func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.onClose = f
+}
