@@ -80,18 +80,29 @@ func ParseConfig(b []byte, fs virtio.Features) (Config, error) {
 	return c, nil
 }
 
-// readConfig reads the configuration consistently: config_generation before
-// and after must match (spec 2.5.1), retried a bounded number of times.
-// It returns the bytes read: fewer than len(buf) when the device's window
-// is shorter, which ParseConfig then judges.
+// configFields are the offsets and widths the driver reads, one access per
+// field: a transport maps the slice length to the access width, and spec
+// 4.1.3.1 asks for 16-bit accesses to 16-bit fields.
+var configFields = [...]struct{ off, n int }{{0, 1}, {1, 1}, {2, 1}, {3, 1}, {4, 1}, {5, 1}, {6, 2}, {8, 2}, {10, 2}}
+
+// readConfig reads the first len(buf) bytes of the configuration
+// consistently: config_generation before and after must match (spec 2.5.1),
+// retried a bounded number of times. It returns the bytes read: fewer than
+// len(buf) when the device's window is shorter, which ParseConfig then
+// judges.
 func readConfig(t virtio.Transport, buf []byte) ([]byte, error) {
 	if n := t.ConfigLen(); n < len(buf) {
 		buf = buf[:max(n, 0)]
 	}
 	for try := 0; try < 16; try++ {
 		g := t.ConfigGeneration()
-		if err := t.ReadConfig(0, buf); err != nil {
-			return nil, err
+		for _, f := range configFields {
+			if f.off+f.n > len(buf) {
+				break
+			}
+			if err := t.ReadConfig(f.off, buf[f.off:f.off+f.n]); err != nil {
+				return nil, err
+			}
 		}
 		if t.ConfigGeneration() == g {
 			return buf, nil
