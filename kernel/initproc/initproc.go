@@ -135,6 +135,32 @@ func Setting(key string) (string, bool) {
 	return v, ok
 }
 
+var (
+	hookMu sync.Mutex
+	// +checklocks:hookMu
+	hooks []func()
+)
+
+// AtShutdown registers f to run before Poweroff or Reboot stops the
+// machine, newest first (like defer): services close their sockets and
+// drivers reset their devices while the console still works.
+func AtShutdown(f func()) {
+	hookMu.Lock()
+	defer hookMu.Unlock()
+	hooks = append(hooks, f)
+}
+
+// runShutdownHooks runs and forgets the registered hooks, once.
+func runShutdownHooks() {
+	hookMu.Lock()
+	hs := hooks
+	hooks = nil
+	hookMu.Unlock()
+	for i := len(hs) - 1; i >= 0; i-- {
+		hs[i]()
+	}
+}
+
 // maxLine bounds a console command; longer input is cut.
 const maxLine = 4096
 

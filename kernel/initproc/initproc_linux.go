@@ -240,6 +240,7 @@ func Reboot() {
 }
 
 func shutdown(cmd int, what string, code int) {
+	runShutdownHooks()
 	Logf("%s (exit code %d)", what, code)
 	if os.Getpid() != 1 {
 		Logf("not PID 1: exiting instead of %s", what)

@@ -60,12 +60,14 @@ func StartReaper() (stop func()) { return func() {} }
 
 // Poweroff exits the process with code.
 func Poweroff(code int) {
+	runShutdownHooks()
 	Logf("poweroff (exit code %d)", code)
 	os.Exit(code)
 }
 
 // Reboot exits the process.
 func Reboot() {
+	runShutdownHooks()
 	Logf("reboot (exit code 0)")
 	os.Exit(0)
 }

@@ -148,3 +148,14 @@ func TestServeConsoleReadError(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestShutdownHooksRunNewestFirstOnce(t *testing.T) {
+	var got []int
+	AtShutdown(func() { got = append(got, 1) })
+	AtShutdown(func() { got = append(got, 2) })
+	runShutdownHooks()
+	runShutdownHooks()
+	if len(got) != 2 || got[0] != 2 || got[1] != 1 {
+		t.Fatalf("hooks ran as %v, want [2 1]", got)
+	}
+}

@@ -1,0 +1,296 @@
+// Package guest is the harness as PID 1: it brings the guest up (mounts,
+// hugepages, the NIC through the user-space virtio-net driver, the
+// interface poll loop, gVisor's stack, the services), logs each step on the
+// console for people and host tests, serves console commands, and takes it
+// all down again before powering off.
+package guest
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nke-harness/nke/kernel/dma"
+	"github.com/nke-harness/nke/kernel/ifnet"
+	"github.com/nke-harness/nke/kernel/initproc"
+	"github.com/nke-harness/nke/kernel/netstack"
+	"github.com/nke-harness/nke/kernel/services"
+	"github.com/nke-harness/nke/virtio"
+	"github.com/nke-harness/nke/virtio/virtionet"
+	"github.com/nke-harness/nke/virtio/virtiopci"
+)
+
+// ReadyLine is logged once every service listens; host tools and tests wait
+// for it.
+const ReadyLine = "services listening"
+
+// Settings come from the kernel command line (nke.key=value) or the
+// environment.
+type Settings struct {
+	Addr      netip.Prefix    // nke.ip, default 10.0.2.15/24
+	Gateway   netip.Addr      // nke.gw, default 10.0.2.2
+	Hugepages int             // nke.hugepages, default 32 (64 MiB)
+	RxQueue   uint16          // nke.rxq, default: the device's size
+	TxQueue   uint16          // nke.txq
+	Refuse    virtio.Features // nke.refuse=MRG_RXBUF,EVENT_IDX,...
+	PCI       string          // nke.pci: BDF of the NIC, default the first
+}
+
+// ReadSettings parses the settings through lookup (initproc.Setting in the
+// guest). Bad values are errors that name the setting.
+func ReadSettings(lookup func(string) (string, bool)) (Settings, error) {
+	s := Settings{
+		Addr:      netip.MustParsePrefix("10.0.2.15/24"),
+		Gateway:   netip.MustParseAddr("10.0.2.2"),
+		Hugepages: 32,
+	}
+	var errs []error
+	if v, ok := lookup("nke.ip"); ok {
+		p, err := netip.ParsePrefix(v)
+		if err != nil || !p.Addr().Is4() {
+			errs = append(errs, fmt.Errorf("nke.ip=%q: want an IPv4 address with prefix, like 10.0.2.15/24", v))
+		}
+		s.Addr = p
+	}
+	if v, ok := lookup("nke.gw"); ok {
+		if v == "none" {
+			s.Gateway = netip.Addr{}
+		} else if a, err := netip.ParseAddr(v); err != nil || !a.Is4() {
+			errs = append(errs, fmt.Errorf("nke.gw=%q: want an IPv4 address or none", v))
+		} else {
+			s.Gateway = a
+		}
+	}
+	num := func(key string, max int, dst func(int)) {
+		if v, ok := lookup(key); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > max {
+				errs = append(errs, fmt.Errorf("%s=%q: want a number from 0 to %d", key, v, max))
+				return
+			}
+			dst(n)
+		}
+	}
+	num("nke.hugepages", 4096, func(n int) { s.Hugepages = n })
+	num("nke.rxq", 32768, func(n int) { s.RxQueue = uint16(n) })
+	num("nke.txq", 32768, func(n int) { s.TxQueue = uint16(n) })
+	if v, ok := lookup("nke.refuse"); ok && v != "" {
+		for _, name := range strings.Split(v, ",") {
+			f, ok := featureByName(name)
+			if !ok {
+				errs = append(errs, fmt.Errorf("nke.refuse: unknown feature %q", name))
+				continue
+			}
+			s.Refuse = s.Refuse.With(f)
+		}
+	}
+	if v, ok := lookup("nke.pci"); ok {
+		s.PCI = v
+	}
+	return s, errors.Join(errs...)
+}
+
+func featureByName(name string) (virtio.Feature, bool) {
+	name = strings.ToUpper(strings.TrimSpace(name))
+	for f := virtio.Feature(0); f < 64; f++ {
+		if n := virtio.Features(1 << f).Names(virtionet.FeatureNames); len(n) == 1 && n[0] == name {
+			return f, true
+		}
+	}
+	return 0, false
+}
+
+// Version is the harness version with the VCS revision it was built from.
+func Version() string {
+	v := "nke-harness 0.1"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		var rev, dirty string
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				if s.Value == "true" {
+					dirty = "+dirty"
+				}
+			}
+		}
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		if rev != "" {
+			v += " (" + rev + dirty + ")"
+		}
+	}
+	return v
+}
+
+// Guest is the running harness.
+type Guest struct {
+	Settings Settings
+	Version  string
+	PCI      string
+	Booted   time.Duration // kernel start to services listening
+
+	mem *dma.Hugepages
+	drv *virtionet.Device
+	ifp *ifnet.Interface
+	st  *netstack.Stack
+	svc *services.Services
+}
+
+// Main runs the harness as PID 1 and never returns.
+func Main() {
+	logf := initproc.Logf
+	logf("%s starting", Version())
+	g, err := Boot(logf)
+	if err != nil {
+		logf("boot failed: %v", err)
+		initproc.Poweroff(1)
+	}
+	initproc.AtShutdown(g.Shutdown)
+	if err := initproc.ServeConsole(os.Stdin, g.command); err != nil {
+		logf("console: %v", err)
+	}
+	// Console closed (not a terminal): keep serving until powered off.
+	select {}
+}
+
+// Boot brings everything up and returns once the services listen.
+func Boot(logf func(string, ...any)) (*Guest, error) {
+	set, err := ReadSettings(initproc.Setting)
+	if err != nil {
+		return nil, err
+	}
+	g := &Guest{Settings: set, Version: Version()}
+	if err := initproc.Setup(initproc.Config{Hostname: "nke", Hugepages: set.Hugepages}); err != nil {
+		return nil, err
+	}
+	fn, err := findNIC(set.PCI)
+	if err != nil {
+		return nil, err
+	}
+	g.PCI = fn.BDF
+	logf("NIC found at %s [%04x:%04x] rev %d", fn.BDF, fn.Vendor, fn.Device, fn.Revision)
+	t, err := virtiopci.Open(fn)
+	if err != nil {
+		return nil, err
+	}
+	if g.mem, err = dma.OpenHugepages(dma.DefaultHugepageDir, set.Hugepages*2<<20); err != nil {
+		t.Close()
+		return nil, err
+	}
+	segs := g.mem.Segments()
+	logf("DMA memory: %d MiB of hugepages in %d segment(s), first at %#x", set.Hugepages*2, len(segs), segs[0].Addr)
+	g.drv, err = virtionet.Open(t, g.mem, virtionet.Options{RxQueueSize: set.RxQueue, TxQueueSize: set.TxQueue, Refuse: set.Refuse})
+	if err != nil {
+		t.Close()
+		return nil, err
+	}
+	rx, tx := g.drv.QueueSizes()
+	logf("features negotiated: %s", strings.Join(virtionet.FeatureList(g.drv.Features()), ","))
+	logf("queues: rx %d, tx %d; MAC %s; MTU %d", rx, tx, netMAC(g.drv.MAC()), g.drv.MTU())
+	if g.drv.Features().Has(virtionet.FCtrlRx) {
+		// Our own unicast, broadcast and all multicast (IPv6 neighbour
+		// discovery): no promiscuous copies of other hosts' traffic.
+		if err := g.drv.SetPromisc(false); err != nil {
+			return nil, err
+		}
+		if err := g.drv.SetAllMulti(true); err != nil {
+			return nil, err
+		}
+		logf("rx mode: promiscuous off, all-multicast on")
+	}
+	if g.ifp, err = ifnet.New(g.drv, ifnet.Config{Name: "vtnet0", Index: 1, Logf: logf}); err != nil {
+		return nil, err
+	}
+	if g.st, err = netstack.New(g.ifp, netstack.Config{Addr: set.Addr, Gateway: set.Gateway}); err != nil {
+		return nil, err
+	}
+	g.ifp.Start()
+	if !waitLink(g.ifp, 5*time.Second) {
+		logf("link down: continuing, traffic flows once it comes up")
+	} else {
+		logf("link up")
+	}
+	gw := "no gateway"
+	if set.Gateway.IsValid() {
+		gw = "gateway " + set.Gateway.String()
+	}
+	logf("address %s, %s", set.Addr, gw)
+	if g.svc, err = services.Start(g.st, services.Config{Status: func() any { return g.Status() }, Text: writeText, Logf: logf}); err != nil {
+		return nil, err
+	}
+	if up, err := initproc.Uptime(); err == nil {
+		g.Booted = up
+	}
+	logf("%s: http :80, tcp echo :7, udp echo :7 (boot %.3fs)", ReadyLine, g.Booted.Seconds())
+	return g, nil
+}
+
+func findNIC(bdf string) (virtiopci.Function, error) {
+	if bdf != "" {
+		return virtiopci.Lookup(virtiopci.DefaultRoot, bdf)
+	}
+	fns, err := virtiopci.FindVirtioNet(virtiopci.DefaultRoot)
+	if err != nil {
+		return virtiopci.Function{}, err
+	}
+	return fns[0], nil
+}
+
+func waitLink(ifp *ifnet.Interface, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for !ifp.LinkUp() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
+func netMAC(b []byte) string {
+	if len(b) != 6 {
+		return "none"
+	}
+	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5])
+}
+
+// Shutdown closes the services, stops the poll loop and resets the NIC, so
+// that the device stops touching guest memory before the machine stops.
+func (g *Guest) Shutdown() {
+	if g.svc != nil {
+		g.svc.Close()
+	}
+	if g.ifp != nil {
+		g.ifp.Stop()
+	}
+	if g.drv != nil {
+		g.drv.Close()
+	}
+	if g.mem != nil {
+		g.mem.Close()
+	}
+	s := g.drv.Stats()
+	initproc.Logf("stopped: rx %d packets, tx %d packets, %d drops", s.RxPackets, s.TxPackets, s.RxDrops()+s.TxDrops())
+}
+
+// command handles a console line (poweroff, halt and reboot are built in).
+func (g *Guest) command(line string) {
+	switch line {
+	case "stats", "status":
+		var b strings.Builder
+		writeText(&b, g.Status())
+		initproc.Logf("%s", b.String())
+	case "help":
+		initproc.Logf("commands: stats, help, poweroff, reboot")
+	default:
+		initproc.Logf("unknown command %q: try help", line)
+	}
+}

@@ -1,0 +1,121 @@
+package guest
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nke-harness/nke/kernel/ifnet"
+	"github.com/nke-harness/nke/kernel/initproc"
+	"github.com/nke-harness/nke/kernel/netstack"
+	"github.com/nke-harness/nke/virtio/virtionet"
+)
+
+// Status is what the status page and /stats show.
+type Status struct {
+	Version     string             `json:"version"`
+	Uptime      float64            `json:"uptime_seconds"`
+	BootSeconds float64            `json:"boot_seconds"`
+	NIC         NICStatus          `json:"nic"`
+	Counters    Counters           `json:"counters"`
+	Driver      virtionet.Stats    `json:"driver"`
+	Interface   ifnet.Stats        `json:"interface"`
+	StackLink   netstack.LinkStats `json:"stack_link"`
+	Pool        PoolStatus         `json:"pool"`
+}
+
+// NICStatus describes the device and how it was set up.
+type NICStatus struct {
+	PCI         string   `json:"pci"`
+	MAC         string   `json:"mac"`
+	MTU         int      `json:"mtu"`
+	Link        string   `json:"link"`
+	Address     string   `json:"address"`
+	Gateway     string   `json:"gateway"`
+	Features    []string `json:"features"`
+	Offered     []string `json:"offered_features"`
+	RxQueueSize uint16   `json:"rx_queue_size"`
+	TxQueueSize uint16   `json:"tx_queue_size"`
+}
+
+// Counters are the headline numbers, from the driver.
+type Counters struct {
+	RxPackets uint64 `json:"rx_packets"`
+	RxBytes   uint64 `json:"rx_bytes"`
+	RxDrops   uint64 `json:"rx_drops"`
+	TxPackets uint64 `json:"tx_packets"`
+	TxBytes   uint64 `json:"tx_bytes"`
+	TxDrops   uint64 `json:"tx_drops"`
+}
+
+// PoolStatus is the packet pool's occupancy.
+type PoolStatus struct {
+	Buffers int `json:"buffers"`
+	Free    int `json:"free"`
+}
+
+// Status gathers the current status.
+func (g *Guest) Status() Status {
+	d := g.drv.Stats()
+	rx, tx := g.drv.QueueSizes()
+	link := "down"
+	if g.ifp.LinkUp() {
+		link = "up"
+	}
+	gw := "none"
+	if g.Settings.Gateway.IsValid() {
+		gw = g.Settings.Gateway.String()
+	}
+	up, _ := initproc.Uptime()
+	return Status{
+		Version:     g.Version,
+		Uptime:      up.Seconds(),
+		BootSeconds: g.Booted.Seconds(),
+		NIC: NICStatus{
+			PCI: g.PCI, MAC: netMAC(g.drv.MAC()), MTU: g.drv.MTU(), Link: link,
+			Address: g.Settings.Addr.String(), Gateway: gw,
+			Features: virtionet.FeatureList(g.drv.Features()), Offered: virtionet.FeatureList(g.drv.Offered()),
+			RxQueueSize: rx, TxQueueSize: tx,
+		},
+		Counters: Counters{
+			RxPackets: d.RxPackets, RxBytes: d.RxBytes, RxDrops: d.RxDrops(),
+			TxPackets: d.TxPackets, TxBytes: d.TxBytes, TxDrops: d.TxDrops(),
+		},
+		Driver:    d,
+		Interface: g.ifp.Stats(),
+		StackLink: g.st.LinkStats(),
+		Pool:      PoolStatus{Buffers: g.drv.Pool().Cap(), Free: g.drv.Pool().Avail()},
+	}
+}
+
+// writeText renders a Status for people (the / page, the stats command).
+func writeText(w io.Writer, v any) {
+	s, ok := v.(Status)
+	if !ok {
+		fmt.Fprintf(w, "%v\n", v)
+		return
+	}
+	up := time.Duration(s.Uptime * float64(time.Second)).Round(time.Millisecond)
+	fmt.Fprintf(w, "%s\nuptime %v, booted in %.3fs\n\n", s.Version, up, s.BootSeconds)
+	n := s.NIC
+	fmt.Fprintf(w, "NIC        virtio-net at PCI %s, MAC %s, MTU %d, link %s\n", n.PCI, n.MAC, n.MTU, n.Link)
+	fmt.Fprintf(w, "address    %s, gateway %s\n", n.Address, n.Gateway)
+	fmt.Fprintf(w, "queues     rx %d, tx %d descriptors\n", n.RxQueueSize, n.TxQueueSize)
+	fmt.Fprintf(w, "features   %s\n", strings.Join(n.Features, " "))
+	fmt.Fprintf(w, "offered    %s\n\n", strings.Join(n.Offered, " "))
+	c := s.Counters
+	fmt.Fprintf(w, "%-4s %12s %14s %8s\n", "", "packets", "bytes", "drops")
+	fmt.Fprintf(w, "%-4s %12d %14d %8d\n", "rx", c.RxPackets, c.RxBytes, c.RxDrops)
+	fmt.Fprintf(w, "%-4s %12d %14d %8d\n\n", "tx", c.TxPackets, c.TxBytes, c.TxDrops)
+	d := s.Driver
+	fmt.Fprintf(w, "driver     kicks rx %d tx %d ctrl %d; resets %d; device errors %d; tx ring full %d\n",
+		d.RxKicks, d.TxKicks, d.CtrlKicks, d.Resets, d.DeviceErrors, d.TxRingFull)
+	fmt.Fprintf(w, "drops      rx runt %d, bad header %d, no buffer %d; tx bad size %d, no buffer %d, at reset %d\n",
+		d.RxDropRunt, d.RxDropHeader, d.RxDropNoBuf, d.TxDropSize, d.TxDropNoBuf, d.TxDropReset)
+	i := s.Interface
+	fmt.Fprintf(w, "interface  unknown EtherType %d, output queue drops %d, recoveries %d, link changes %d\n",
+		i.RxUnknown, i.TxQueueDrops, i.Recoveries, i.LinkChanges)
+	fmt.Fprintf(w, "pool       %d of %d buffers free\n", s.Pool.Free, s.Pool.Buffers)
+	fmt.Fprintf(w, "\nJSON: /stats\n")
+}
