@@ -1,0 +1,204 @@
+package hostvm
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestOptionsArgs(t *testing.T) {
+	const userNetdev = "user,id=n0,net=10.0.2.0/24,host=10.0.2.2,dhcpstart=10.0.2.15,ipv6=off"
+	const nic0 = "virtio-net-pci,netdev=n0,id=nic0,disable-legacy=on,romfile="
+	for _, tc := range []struct {
+		name string
+		opts Options
+		want []string
+	}{
+		{
+			name: "make run defaults under TCG",
+			opts: func() Options {
+				o := DefaultOptions("/usr/bin/qemu-system-x86_64", "/k/vmlinuz", "/o/initramfs.cpio", 8080, 7007)
+				o.Accel = AccelTCG
+				return o
+			}(),
+			want: []string{
+				"/usr/bin/qemu-system-x86_64",
+				"-accel", "tcg", "-m", "512", "-smp", "2",
+				"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+				"-serial", "stdio",
+				"-kernel", "/k/vmlinuz", "-initrd", "/o/initramfs.cpio",
+				"-append", "console=ttyS0 panic=-1 quiet tsc=reliable no_timer_check mitigations=off",
+				"-netdev", userNetdev +
+					",hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp:127.0.0.1:7007-:7,hostfwd=udp:127.0.0.1:7007-:7",
+				"-device", nic0,
+			},
+		},
+		{
+			name: "KVM, sizes, init argv and env, extra args",
+			opts: Options{
+				QEMU: "qemu", Accel: AccelKVM, MemoryMB: 1024, CPUs: 1,
+				Kernel: "k", Initramfs: "i",
+				Append:    []string{"loglevel=7"},
+				InitEnv:   []string{"NKE_MODE=bench", "EMPTY="},
+				InitArgs:  []string{"-v", "x=1"},
+				NICs:      []NIC{{}},
+				ExtraArgs: []string{"-device", "virtio-rng-pci"},
+			},
+			want: []string{
+				"qemu",
+				"-accel", "kvm", "-cpu", "host", "-m", "1024", "-smp", "1",
+				"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+				"-serial", "stdio",
+				"-kernel", "k", "-initrd", "i",
+				"-append", "console=ttyS0 panic=-1 quiet loglevel=7 NKE_MODE=bench EMPTY= -- -v x=1",
+				"-netdev", userNetdev, "-device", nic0,
+				"-device", "virtio-rng-pci",
+			},
+		},
+		{
+			name: "no NIC",
+			opts: Options{QEMU: "q", Kernel: "k", Initramfs: "i"},
+			want: []string{
+				"q", "-accel", "tcg", "-m", "512", "-smp", "2",
+				"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+				"-serial", "stdio", "-kernel", "k", "-initrd", "i",
+				"-append", "console=ttyS0 panic=-1 quiet " + TCGAppend,
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.opts.Args()
+			if err != nil {
+				t.Fatalf("Args() error: %v", err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("Args() mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestOptionsArgsErrors(t *testing.T) {
+	base := Options{QEMU: "q", Kernel: "k", Initramfs: "i"}
+	for _, tc := range []struct {
+		name    string
+		edit    func(*Options)
+		wantErr string
+	}{
+		{"no qemu", func(o *Options) { o.QEMU = "" }, "no QEMU binary"},
+		{"no kernel", func(o *Options) { o.Kernel = "" }, "no kernel"},
+		{"no initramfs", func(o *Options) { o.Initramfs = "" }, "no initramfs"},
+		{"bad accel", func(o *Options) { o.Accel = "hvf" }, `unknown accelerator "hvf"`},
+		{"tiny memory", func(o *Options) { o.MemoryMB = 16 }, "16 MiB"},
+		{"cpus", func(o *Options) { o.CPUs = -1 }, "CPUs is out of range"},
+		{"dotted env key", func(o *Options) { o.InitEnv = []string{"virtio.x=1"} }, "no '.' in KEY"},
+		{"env without =", func(o *Options) { o.InitEnv = []string{"FOO"} }, "want KEY=VALUE"},
+		{"space in env", func(o *Options) { o.InitEnv = []string{"A=b c"} }, "without spaces"},
+		{"dash-dash in append", func(o *Options) { o.Append = []string{"--"} }, "use InitArgs"},
+		{"empty init arg", func(o *Options) { o.InitArgs = []string{""} }, "must be non-empty"},
+		{"bad NIC", func(o *Options) { o.NICs = []NIC{{}, {Backend: "tap"}} }, `NIC 1: unknown backend "tap"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := base
+			tc.edit(&o)
+			_, err := o.Args()
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("Args() error = %v, want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestNICArgs(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		nic  NIC
+		want []string
+	}{
+		{
+			name: "stream with every device option",
+			nic: NIC{
+				Backend: NetStream, SocketPath: "/tmp/n.sock",
+				MAC: "52:54:00:AB:CD:EF", MrgRxbuf: Off, EventIdx: On, IndirectDesc: Off, Packed: On,
+				RxQueueSize: 1024, TxQueueSize: 256,
+			},
+			want: []string{
+				"-netdev", "stream,id=n3,server=on,addr.type=unix,addr.path=/tmp/n.sock",
+				"-device", "virtio-net-pci,netdev=n3,id=nic3,disable-legacy=on,romfile=,mac=52:54:00:ab:cd:ef," +
+					"mrg_rxbuf=off,event_idx=on,indirect_desc=off,packed=on,rx_queue_size=1024,tx_queue_size=256",
+			},
+		},
+		{
+			name: "dgram with capture",
+			nic:  NIC{Backend: NetDgram, SocketPath: "/t/qemu.sock", PeerPath: "/t/peer.sock", Pcap: "/t/n.pcap"},
+			want: []string{
+				"-netdev", "dgram,id=n3,local.type=unix,local.path=/t/qemu.sock,remote.type=unix,remote.path=/t/peer.sock",
+				"-device", "virtio-net-pci,netdev=n3,id=nic3,disable-legacy=on,romfile=",
+				"-object", "filter-dump,id=dump3,netdev=n3,file=/t/n.pcap",
+			},
+		},
+		{
+			name: "user with a UDP forward",
+			nic:  NIC{Forwards: []Forward{{UDP, 5353, 53}}},
+			want: []string{
+				"-netdev", "user,id=n3,net=10.0.2.0/24,host=10.0.2.2,dhcpstart=10.0.2.15,ipv6=off,hostfwd=udp:127.0.0.1:5353-:53",
+				"-device", "virtio-net-pci,netdev=n3,id=nic3,disable-legacy=on,romfile=",
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.nic.Args(3)
+			if err != nil {
+				t.Fatalf("Args(3) error: %v", err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("Args(3) mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestNICArgsErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		nic     NIC
+		wantErr string
+	}{
+		{"rx queue not power of two", NIC{RxQueueSize: 300}, "rx_queue_size 300"},
+		{"tx queue too small", NIC{TxQueueSize: 128}, "tx_queue_size 128"},
+		{"rx queue too big", NIC{RxQueueSize: 2048}, "rx_queue_size 2048"},
+		{"bad MAC", NIC{MAC: "52:54:00"}, `MAC "52:54:00"`},
+		{"multicast MAC", NIC{MAC: "01:00:5e:00:00:01"}, "multicast"},
+		{"stream without path", NIC{Backend: NetStream}, "needs SocketPath"},
+		{"stream with forwards", NIC{Backend: NetStream, SocketPath: "s", Forwards: []Forward{{TCP, 1, 2}}}, "needs SocketPath"},
+		{"dgram without peer", NIC{Backend: NetDgram, SocketPath: "s"}, "PeerPath"},
+		{"user with socket", NIC{SocketPath: "s"}, "socket paths are for"},
+		{"comma in path", NIC{Backend: NetStream, SocketPath: "/a,b"}, "contains ','"},
+		{"bad port", NIC{Forwards: []Forward{{TCP, 0, 80}}}, "ports must be in 1..65535"},
+		{"bad proto", NIC{Forwards: []Forward{{"sctp", 1, 1}}}, `protocol "sctp"`},
+		{"duplicate forward", NIC{Forwards: []Forward{{TCP, 8080, 80}, {"", 8080, 81}}}, "forwarded twice"},
+		{"bad switch", NIC{Packed: Switch(9)}, "packed: invalid switch value 9"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.nic.Args(0)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("Args(0) error = %v, want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestVMTestQEMU(t *testing.T) {
+	got, err := Options{QEMU: "/usr/bin/qemu-system-x86_64", CPUs: 1}.VMTestQEMU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "/usr/bin/qemu-system-x86_64 -accel tcg -m 512 -smp 1 -nodefaults -no-user-config -display none -no-reboot -serial stdio"
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("VMTestQEMU() mismatch (-want +got):\n%s", diff)
+	}
+	if _, err := (Options{QEMU: "/opt/my qemu/qemu"}).VMTestQEMU(); err == nil {
+		t.Error("VMTestQEMU() accepted a QEMU path with a space, which vmtest would split")
+	}
+}
