@@ -218,3 +218,5 @@ func parseIPv4(f []byte) (parsedIPv4, error) {
 	p.Payload = ip.Payload()
 	return p, nil
 }
+
+func checksumOf(b []byte) uint16 { return checksum.Checksum(b, 0) }

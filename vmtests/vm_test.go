@@ -69,6 +69,17 @@ var bootRE = regexp.MustCompile(`boot ([0-9.]+)s`)
 // failure fails the test with its console output.
 func startGuest(t testing.TB, name string, qemuArgs []string, appendArgs ...string) *vmGuest {
 	t.Helper()
+	g, failure := bootGuest(t, name, qemuArgs, appendArgs...)
+	if failure != "" {
+		t.Fatalf("%s: guest boot failed:\n%s", name, failure)
+	}
+	return g
+}
+
+// bootGuest boots like startGuest but returns the console output of a
+// failed boot instead of failing the test.
+func bootGuest(t testing.TB, name string, qemuArgs []string, appendArgs ...string) (*vmGuest, string) {
+	t.Helper()
 	requireVM(t)
 	g := &vmGuest{t: t, started: time.Now()}
 	fns := []qemu.Fn{
@@ -86,19 +97,24 @@ func startGuest(t testing.TB, name string, qemuArgs []string, appendArgs ...stri
 	if err != nil {
 		t.Fatalf("%s: no %q within %v: %v", name, hostvm.ReadyLine, readyTimeout, err)
 	}
-	if strings.Contains(out, "boot failed") {
-		rest, _ := g.vm.Console.Expect(expect.String("\n"), expect.WithTimeout(5*time.Second))
-		t.Fatalf("%s: guest boot failed:\n%s%s", name, out, rest)
-	}
-	g.BootTime = time.Since(g.started)
 	rest, _ := g.vm.Console.Expect(expect.String("\n"), expect.WithTimeout(5*time.Second))
 	g.Log += rest
+	if strings.Contains(out, "boot failed") {
+		// The guest powers itself off; collect the rest of the console.
+		more, _ := g.vm.Console.Expect(expect.String("poweroff (exit code 1)"), expect.WithTimeout(30*time.Second))
+		g.Log += more
+		if err := g.vm.Wait(); err != nil {
+			t.Errorf("QEMU after a failed boot: %v", err)
+		}
+		return g, g.Log
+	}
+	g.BootTime = time.Since(g.started)
 	if m := bootRE.FindStringSubmatch(rest); m != nil {
 		s, _ := strconv.ParseFloat(m[1], 64)
 		g.GuestBoot = time.Duration(s * float64(time.Second))
 	}
 	t.Logf("%s: ready in %v (guest: kernel start to ready %v)", name, g.BootTime.Round(time.Millisecond), g.GuestBoot)
-	return g
+	return g, ""
 }
 
 // expectLine waits for console output containing s.
