@@ -39,6 +39,9 @@ type Settings struct {
 	TxQueue   uint16          // nke.txq
 	Refuse    virtio.Features // nke.refuse=MRG_RXBUF,EVENT_IDX,...
 	PCI       string          // nke.pci: BDF of the NIC, default the first
+	// DeepSleep is the poll loop's longest idle sleep (nke.deep_sleep_us,
+	// default 4000): receive latency after a quiet spell vs. host CPU.
+	DeepSleep time.Duration
 }
 
 // ReadSettings parses the settings through lookup (initproc.Setting in the
@@ -79,6 +82,7 @@ func ReadSettings(lookup func(string) (string, bool)) (Settings, error) {
 	num("nke.hugepages", 4096, func(n int) { s.Hugepages = n })
 	num("nke.rxq", 32768, func(n int) { s.RxQueue = uint16(n) })
 	num("nke.txq", 32768, func(n int) { s.TxQueue = uint16(n) })
+	num("nke.deep_sleep_us", 1000000, func(n int) { s.DeepSleep = time.Duration(n) * time.Microsecond })
 	if v, ok := lookup("nke.refuse"); ok && v != "" {
 		for _, name := range strings.Split(v, ",") {
 			f, ok := featureByName(name)
@@ -206,7 +210,7 @@ func Boot(logf func(string, ...any)) (*Guest, error) {
 		}
 		logf("rx mode: promiscuous off, all-multicast on")
 	}
-	if g.ifp, err = ifnet.New(g.drv, ifnet.Config{Name: "vtnet0", Index: 1, Logf: logf}); err != nil {
+	if g.ifp, err = ifnet.New(g.drv, ifnet.Config{Name: "vtnet0", Index: 1, Logf: logf, DeepSleep: set.DeepSleep}); err != nil {
 		return nil, err
 	}
 	if g.st, err = netstack.New(g.ifp, netstack.Config{Addr: set.Addr, Gateway: set.Gateway}); err != nil {

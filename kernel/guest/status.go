@@ -23,6 +23,18 @@ type Status struct {
 	Interface   ifnet.Stats        `json:"interface"`
 	StackLink   netstack.LinkStats `json:"stack_link"`
 	Pool        PoolStatus         `json:"pool"`
+	CPU         CPUStatus          `json:"cpu"`
+}
+
+// CPUStatus is where the guest's CPU time went since boot: the harness
+// process (user and system) and the whole guest (busy vs. idle, from
+// /proc/stat). A poll-mode driver trades CPU for latency; this shows the
+// price.
+type CPUStatus struct {
+	ProcessUser   float64 `json:"process_user_seconds"`
+	ProcessSystem float64 `json:"process_system_seconds"`
+	GuestBusy     float64 `json:"guest_busy_seconds"`
+	GuestIdle     float64 `json:"guest_idle_seconds"`
 }
 
 // NICStatus describes the device and how it was set up.
@@ -86,6 +98,7 @@ func (g *Guest) Status() Status {
 		Interface: g.ifp.Stats(),
 		StackLink: g.st.LinkStats(),
 		Pool:      PoolStatus{Buffers: g.drv.Pool().Cap(), Free: g.drv.Pool().Avail()},
+		CPU:       readCPU(),
 	}
 }
 
@@ -117,5 +130,7 @@ func writeText(w io.Writer, v any) {
 	fmt.Fprintf(w, "interface  unknown EtherType %d, output queue drops %d, recoveries %d, link changes %d\n",
 		i.RxUnknown, i.TxQueueDrops, i.Recoveries, i.LinkChanges)
 	fmt.Fprintf(w, "pool       %d of %d buffers free\n", s.Pool.Free, s.Pool.Buffers)
+	fmt.Fprintf(w, "cpu        harness %.2fs user %.2fs system; guest %.2fs busy %.2fs idle\n",
+		s.CPU.ProcessUser, s.CPU.ProcessSystem, s.CPU.GuestBusy, s.CPU.GuestIdle)
 	fmt.Fprintf(w, "\nJSON: /stats\n")
 }

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package guest
+
+func readCPU() CPUStatus { return CPUStatus{} }
