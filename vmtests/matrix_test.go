@@ -60,7 +60,8 @@ func TestDeviceMatrix(t *testing.T) {
 // TestDeviceVariants covers the devices the driver must either drive or
 // refuse by name: packed rings offered (it stays on split rings), a
 // transitional device (modern and legacy interfaces: it uses the modern
-// one), and a legacy-only device (refused, naming VERSION_1).
+// one), doorbells a page apart, and a legacy-only device (refused, naming
+// VERSION_1).
 func TestDeviceVariants(t *testing.T) {
 	requireVM(t)
 	t.Run("packed offered", func(t *testing.T) {
@@ -81,6 +82,16 @@ func TestDeviceVariants(t *testing.T) {
 		if !strings.Contains(g.Log, "[1af4:1000]") {
 			t.Errorf("not a transitional device (1af4:1000):\n%s", g.Log)
 		}
+		checkStatus(t, ports.HTTP, []string{"VERSION_1"}, nil, 256, 256)
+		echoTCP(t, ports.Echo, randomBytes(1<<20))
+	})
+	t.Run("page per vq", func(t *testing.T) {
+		// Each queue's doorbell on its own page: notify_off_multiplier
+		// 4096 instead of 4.
+		t.Parallel()
+		args, ports := userNIC(t, hostvm.NIC{})
+		args[len(args)-1] += ",page-per-vq=on"
+		startGuest(t, "page-per-vq", args)
 		checkStatus(t, ports.HTTP, []string{"VERSION_1"}, nil, 256, 256)
 		echoTCP(t, ports.Echo, randomBytes(1<<20))
 	})

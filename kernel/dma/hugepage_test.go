@@ -177,8 +177,8 @@ func TestOpenHugepagesErrors(t *testing.T) {
 }
 
 // TestOpenHugepagesLive runs against a real hugetlbfs when the machine has
-// one with free pages and the test runs as root; the guest selftest
-// (tools/nkeselftest) covers it in a VM.
+// one with free pages and the test runs as root; in the guest every VM test
+// depends on it (kernel/guest maps its DMA memory with it).
 func TestOpenHugepagesLive(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for pagemap frame numbers")
