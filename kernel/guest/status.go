@@ -124,8 +124,8 @@ func writeText(w io.Writer, v any) {
 	d := s.Driver
 	fmt.Fprintf(w, "driver     kicks rx %d tx %d ctrl %d; resets %d; device errors %d; tx ring full %d\n",
 		d.RxKicks, d.TxKicks, d.CtrlKicks, d.Resets, d.DeviceErrors, d.TxRingFull)
-	fmt.Fprintf(w, "drops      rx runt %d, bad header %d, no buffer %d; tx bad size %d, no buffer %d, at reset %d\n",
-		d.RxDropRunt, d.RxDropHeader, d.RxDropNoBuf, d.TxDropSize, d.TxDropNoBuf, d.TxDropReset)
+	fmt.Fprintf(w, "drops      rx runt %d, bad header %d; tx bad size %d, no buffer %d, at reset %d; rx ring ran dry %d times\n",
+		d.RxDropRunt, d.RxDropHeader, d.TxDropSize, d.TxDropNoBuf, d.TxDropReset, d.RxRingDry)
 	i := s.Interface
 	fmt.Fprintf(w, "interface  unknown EtherType %d, output queue drops %d, recoveries %d, link changes %d\n",
 		i.RxUnknown, i.TxQueueDrops, i.Recoveries, i.LinkChanges)

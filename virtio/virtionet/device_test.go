@@ -525,3 +525,27 @@ func TestControlQueue(t *testing.T) {
 		t.Fatalf("SetPromisc without CTRL_VQ = %v", err)
 	}
 }
+
+func TestRxRingDryWhenThePoolIsHeld(t *testing.T) {
+	// Exactly a ring's worth of buffers: once the stack holds them all the
+	// ring cannot be refilled; the device queues, and nothing is lost once
+	// the buffers come back.
+	r := newRig(t, devmodel.Options{}, virtionet.Options{RxQueueSize: 16, PoolBuffers: 16})
+	for i := 0; i < 20; i++ {
+		r.dev.Deliver(frame(mac, i, 60))
+	}
+	held := make([]*mbuf.Mbuf, 32)
+	n, err := r.drv.RxBurst(held)
+	if err != nil || n != 16 {
+		t.Fatalf("RxBurst = %d, %v", n, err)
+	}
+	if s := r.drv.Stats(); s.RxRingDry != 1 {
+		t.Errorf("RxRingDry = %d, want 1", s.RxRingDry)
+	}
+	for _, m := range held[:n] {
+		m.Free()
+	}
+	if got := r.rxAll(4); len(got) != 4 {
+		t.Fatalf("after returning the buffers: %d of the 4 queued frames", len(got))
+	}
+}

@@ -123,7 +123,7 @@ func (d *Device) fillRx(kick bool) {
 	}
 	k := d.pool.GetBatch(d.refill[:free])
 	if k < free && d.rx.InFlight() == 0 {
-		d.stats.rxDropNoBuf.Add(1) // the ring ran dry: the device drops
+		d.stats.rxRingDry.Add(1)
 	}
 	for _, m := range d.refill[:k] {
 		head, _ := d.rx.Add1(m.BufAddr()+rxPostOff, rxPostLen, true)

@@ -6,7 +6,7 @@ import "sync/atomic"
 // by anyone.
 type counters struct {
 	rxPackets, rxBytes, txPackets, txBytes           atomic.Uint64
-	rxDropRunt, rxDropHeader, rxDropNoBuf            atomic.Uint64
+	rxDropRunt, rxDropHeader, rxRingDry              atomic.Uint64
 	txDropSize, txDropNoBuf, txDropReset, txRingFull atomic.Uint64
 	rxKicks, txKicks, ctrlKicks                      atomic.Uint64
 	resets, deviceErrors                             atomic.Uint64
@@ -19,10 +19,13 @@ type Stats struct {
 	TxPackets uint64 `json:"tx_packets"`
 	TxBytes   uint64 `json:"tx_bytes"`
 	// Receive drops by reason: frames shorter than an Ethernet header,
-	// headers the driver refused, and packets lost for lack of buffers.
+	// and headers (or merged-buffer packets) the driver refused.
 	RxDropRunt   uint64 `json:"rx_drop_runt"`
 	RxDropHeader uint64 `json:"rx_drop_header"`
-	RxDropNoBuf  uint64 `json:"rx_drop_nobuf"`
+	// RxRingDry counts refills that found the rx ring empty and the pool
+	// unable to fill it: the device holds (QEMU) or drops (hardware)
+	// packets meanwhile. The stack is holding too many buffers.
+	RxRingDry uint64 `json:"rx_ring_dry"`
 	// Transmit drops by reason: frames too short or too long, chains that
 	// could not be linearised, and packets in the ring at a reset.
 	TxDropSize  uint64 `json:"tx_drop_size"`
@@ -38,7 +41,7 @@ type Stats struct {
 }
 
 // RxDrops sums the receive drops.
-func (s Stats) RxDrops() uint64 { return s.RxDropRunt + s.RxDropHeader + s.RxDropNoBuf }
+func (s Stats) RxDrops() uint64 { return s.RxDropRunt + s.RxDropHeader }
 
 // TxDrops sums the transmit drops.
 func (s Stats) TxDrops() uint64 { return s.TxDropSize + s.TxDropNoBuf + s.TxDropReset }
@@ -49,7 +52,7 @@ func (d *Device) Stats() Stats {
 	return Stats{
 		RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load(),
 		TxPackets: c.txPackets.Load(), TxBytes: c.txBytes.Load(),
-		RxDropRunt: c.rxDropRunt.Load(), RxDropHeader: c.rxDropHeader.Load(), RxDropNoBuf: c.rxDropNoBuf.Load(),
+		RxDropRunt: c.rxDropRunt.Load(), RxDropHeader: c.rxDropHeader.Load(), RxRingDry: c.rxRingDry.Load(),
 		TxDropSize: c.txDropSize.Load(), TxDropNoBuf: c.txDropNoBuf.Load(), TxDropReset: c.txDropReset.Load(),
 		TxRingFull: c.txRingFull.Load(),
 		RxKicks:    c.rxKicks.Load(), TxKicks: c.txKicks.Load(), CtrlKicks: c.ctrlKicks.Load(),
