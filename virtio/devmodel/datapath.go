@@ -24,25 +24,58 @@ var (
 func (n *Net) Deliver(frame []byte) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.status&virtio.StatusDriverOK == 0 || n.status&virtio.StatusNeedsReset != 0 || n.q[rxq].dev == nil {
-		n.stats.RxDropped++
-		return ErrNotRunning
+	if err := n.admitLocked(frame); err != nil {
+		return err
 	}
-	if binary.LittleEndian.Uint16(n.config[6:])&virtionet.StatusLinkUp == 0 && n.opts.Features.Has(virtionet.FStatus) {
-		n.stats.RxDropped++
-		return ErrLinkDown
-	}
-	if !n.acceptLocked(frame) {
-		n.stats.RxDropped++
-		return ErrFiltered
-	}
-	if n.waitKick || n.backlogN > 0 {
+	if n.waitKick || n.backlogN > 0 || !n.rxOneLocked(frame) {
 		return n.queueLocked(frame)
 	}
-	if !n.rxOneLocked(frame) {
-		return n.queueLocked(frame)
-	}
+	n.publishLocked(rxq)
 	return nil
+}
+
+// admitLocked decides whether the device takes a frame from the wire at all.
+func (n *Net) admitLocked(frame []byte) error {
+	var err error
+	switch {
+	case n.status&virtio.StatusDriverOK == 0 || n.status&virtio.StatusNeedsReset != 0 || n.q[rxq].dev == nil:
+		err = ErrNotRunning
+	case binary.LittleEndian.Uint16(n.config[6:])&virtionet.StatusLinkUp == 0 && n.opts.Features.Has(virtionet.FStatus):
+		err = ErrLinkDown
+	case !n.acceptLocked(frame):
+		err = ErrFiltered
+	default:
+		return nil
+	}
+	n.stats.RxDropped++
+	return err
+}
+
+// DeliverBurst hands the device several frames at once and publishes them
+// with one used-index update, as a backend delivering a batch does. It
+// returns how many were placed in rx buffers; the rest are queued (until the
+// driver kicks) or dropped, as with Deliver, whose error for the first frame
+// not placed it returns.
+func (n *Net) DeliverBurst(frames [][]byte) (int, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	placed := 0
+	var err error
+	for _, f := range frames {
+		e := n.admitLocked(f)
+		if e == nil && (n.waitKick || n.backlogN > 0 || !n.rxOneLocked(f)) {
+			e = n.queueLocked(f)
+		}
+		if e == nil {
+			placed++
+		} else if err == nil {
+			err = e
+		}
+	}
+	if placed > 0 {
+		n.publishLocked(rxq)
+	}
+	return placed, err
 }
 
 func (n *Net) acceptLocked(frame []byte) bool {
@@ -78,9 +111,14 @@ func (n *Net) Backlog() int {
 
 // flushLocked delivers queued frames after an rx kick.
 func (n *Net) flushLocked() {
+	moved := false
 	for n.backlogN > 0 && n.rxOneLocked(n.backlog[n.backlogHead]) {
 		n.backlogHead = (n.backlogHead + 1) % len(n.backlog)
 		n.backlogN--
+		moved = true
+	}
+	if moved {
+		n.publishLocked(rxq)
 	}
 	if n.backlogN > 0 {
 		n.waitKick = true
@@ -90,8 +128,9 @@ func (n *Net) flushLocked() {
 	n.q[rxq].dev.SetNotify(false)
 }
 
-// rxOneLocked writes one frame into rx buffers. It reports false, consuming
-// nothing, when the driver has not posted enough.
+// rxOneLocked writes one frame into rx buffers and pushes them as used; the
+// caller publishes. It reports false, consuming nothing, when the driver has
+// not posted enough.
 func (n *Net) rxOneLocked(frame []byte) bool {
 	dq := n.q[rxq].dev
 	mrg := n.drvFeatures.Has(virtionet.FMrgRxbuf)
@@ -102,6 +141,7 @@ func (n *Net) rxOneLocked(frame []byte) bool {
 	var heads [64]uint16
 	var lens [64]uint32
 	used, off := 0, 0
+	var first []byte // the first buffer, where the header goes
 	for off < len(stream) {
 		if dq.Avail() == 0 || used == len(heads) || (!mrg && used == 1) {
 			dq.Unpop(used)
@@ -122,6 +162,9 @@ func (n *Net) rxOneLocked(frame []byte) bool {
 			n.failLocked(fmt.Errorf("rx chain %d has no writable buffer", n.chain.Head))
 			return true
 		}
+		if used == 0 {
+			first = n.chain.Write[0]
+		}
 		w := 0
 		for _, b := range n.chain.Write {
 			w += copy(b, stream[off+w:])
@@ -131,38 +174,19 @@ func (n *Net) rxOneLocked(frame []byte) bool {
 		off += w
 	}
 	if mrg {
-		// num_buffers sits in the first buffer, which holds the whole
-		// header: the driver's buffers are never smaller than 12 bytes.
-		n.scratch = n.scratch[:virtionet.HeaderLen]
-		virtionet.Header(n.scratch).SetNumBuffers(uint16(used))
-		ok, _ := n.rewriteHeaderLocked(heads[0])
-		if !ok {
+		// num_buffers is known only now; it sits in the first buffer,
+		// which must hold the whole header.
+		if len(first) < virtionet.HeaderLen {
+			n.failLocked(fmt.Errorf("rx buffer of %d bytes cannot hold the header", len(first)))
 			return true
 		}
+		virtionet.Header(first).SetNumBuffers(uint16(used))
 	}
 	for i := 0; i < used; i++ {
 		n.pushLocked(rxq, heads[i], lens[i])
 	}
-	n.publishLocked(rxq)
 	n.stats.RxFrames++
 	return true
-}
-
-// rewriteHeaderLocked writes the header in n.scratch into the first
-// writable buffer of chain head again (after num_buffers became known).
-func (n *Net) rewriteHeaderLocked(head uint16) (bool, error) {
-	dq := n.q[rxq].dev
-	if !dq.Writable(head, &n.chain) {
-		n.failLocked(fmt.Errorf("rx chain %d vanished", head))
-		return false, nil
-	}
-	b := n.chain.Write[0]
-	if len(b) < virtionet.HeaderLen {
-		n.failLocked(fmt.Errorf("rx buffer of %d bytes cannot hold the header", len(b)))
-		return false, nil
-	}
-	copy(b, n.scratch)
-	return true, nil
 }
 
 func (n *Net) pushLocked(q int, head uint16, l uint32) {

@@ -127,14 +127,6 @@ func (d *DeviceQueue) walk(head uint16, c *Chain) (bool, error) {
 // when a packet does not fit.
 func (d *DeviceQueue) Unpop(k int) { d.lastAvail -= uint16(k) }
 
-// Writable re-walks the chain at head into c without consuming anything,
-// for a device that must revisit a buffer (num_buffers is known only after
-// the last one is filled). It reports false if the chain is malformed.
-func (d *DeviceQueue) Writable(head uint16, c *Chain) bool {
-	ok, err := d.walk(head, c)
-	return ok && err == nil
-}
-
 // Push records head as used with written bytes. It becomes visible to the
 // driver at the next PublishUsed.
 func (d *DeviceQueue) Push(head uint16, written uint32) {
