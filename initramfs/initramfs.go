@@ -174,11 +174,12 @@ func isLocalPath(pkg string) bool {
 	return pkg == "." || pkg == ".." || strings.HasPrefix(pkg, "./") || strings.HasPrefix(pkg, "../")
 }
 
-// goBuild links a static linux/amd64 binary. -trimpath, no VCS stamp
-// and stripped symbols keep the output identical across rebuilds of the
-// same source, which is what lets Build skip rewriting the archive.
+// goBuild links a static linux/amd64 binary. -trimpath and stripped
+// symbols keep the output identical across rebuilds of the same source,
+// which is what lets Build skip rewriting the archive. The VCS stamp stays:
+// the guest reports its revision, and it only changes with the source.
 func goBuild(ctx context.Context, dir, main, out string, extra []string) error {
-	args := []string{"build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w"}
+	args := []string{"build", "-trimpath", "-ldflags=-s -w"}
 	args = append(args, extra...)
 	args = append(args, "-o", out, main)
 	c := exec.CommandContext(ctx, "go", args...)

@@ -34,7 +34,7 @@ const ReadyLine = "services listening"
 type Settings struct {
 	Addr      netip.Prefix    // nke.ip, default 10.0.2.15/24
 	Gateway   netip.Addr      // nke.gw, default 10.0.2.2
-	Hugepages int             // nke.hugepages, default 32 (64 MiB)
+	Hugepages int             // nke.hugepages, default 16 (32 MiB)
 	RxQueue   uint16          // nke.rxq, default: the device's size
 	TxQueue   uint16          // nke.txq
 	Refuse    virtio.Features // nke.refuse=MRG_RXBUF,EVENT_IDX,...
@@ -50,7 +50,7 @@ func ReadSettings(lookup func(string) (string, bool)) (Settings, error) {
 	s := Settings{
 		Addr:      netip.MustParsePrefix("10.0.2.15/24"),
 		Gateway:   netip.MustParseAddr("10.0.2.2"),
-		Hugepages: 32,
+		Hugepages: 16, // rings and pool for 1024/1024 queues need ~9 MiB
 	}
 	var errs []error
 	if v, ok := lookup("nke.ip"); ok {

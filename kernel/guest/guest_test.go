@@ -16,7 +16,7 @@ func lookup(m map[string]string) func(string) (string, bool) {
 }
 
 func TestReadSettings(t *testing.T) {
-	def := Settings{Addr: netip.MustParsePrefix("10.0.2.15/24"), Gateway: netip.MustParseAddr("10.0.2.2"), Hugepages: 32}
+	def := Settings{Addr: netip.MustParsePrefix("10.0.2.15/24"), Gateway: netip.MustParseAddr("10.0.2.2"), Hugepages: 16}
 	cases := []struct {
 		name string
 		in   map[string]string
