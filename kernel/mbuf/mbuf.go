@@ -174,6 +174,41 @@ func (m *Mbuf) Free() {
 	}
 }
 
+// FreeBatch frees every chain in ms, like calling Free on each, but
+// returns buffers to their pool under one lock per run of buffers from the
+// same pool. ms is left holding nils.
+func FreeBatch(ms []*Mbuf) {
+	var batch [32]*Mbuf
+	n := 0
+	var pool *Pool
+	flush := func() {
+		if n > 0 {
+			pool.putBatch(batch[:n])
+			n = 0
+		}
+	}
+	for i, m := range ms {
+		ms[i] = nil
+		for m != nil {
+			next := m.next
+			switch r := m.refs.Add(-1); {
+			case r == 0:
+				m.next = nil
+				if m.pool != pool || n == len(batch) {
+					flush()
+					pool = m.pool
+				}
+				batch[n] = m
+				n++
+			case r < 0:
+				panic(fmt.Sprintf("mbuf: double free of a buffer from pool %q", m.pool.name))
+			}
+			m = next
+		}
+	}
+	flush()
+}
+
 // Pool is a fixed set of equal buffers carved from DMA memory. It is safe
 // for concurrent use; batch calls take its lock once.
 type Pool struct {
@@ -264,5 +299,11 @@ func (p *Pool) init(m *Mbuf) {
 func (p *Pool) put(m *Mbuf) {
 	p.mu.Lock()
 	p.free = append(p.free, m)
+	p.mu.Unlock()
+}
+
+func (p *Pool) putBatch(ms []*Mbuf) {
+	p.mu.Lock()
+	p.free = append(p.free, ms...)
 	p.mu.Unlock()
 }

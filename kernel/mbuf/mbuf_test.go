@@ -204,3 +204,35 @@ func BenchmarkGetFree(b *testing.B) {
 		}
 	}
 }
+
+func TestFreeBatch(t *testing.T) {
+	p1, p2 := newPool(t, 40), newPool(t, 4)
+	var ms []*Mbuf
+	for i := 0; i < 40; i++ {
+		ms = append(ms, p1.Get())
+	}
+	chain := p2.Get()
+	chain.SetNext(p2.Get())
+	shared := p2.Get()
+	shared.Ref()
+	ms = append(ms, chain, shared, nil)
+	FreeBatch(ms)
+	if p1.Avail() != 40 || p2.Avail() != 3 {
+		t.Fatalf("after FreeBatch: %d/40 and %d/3 free", p1.Avail(), p2.Avail())
+	}
+	for _, m := range ms {
+		if m != nil {
+			t.Fatal("FreeBatch left a pointer behind")
+		}
+	}
+	shared.Free()
+	if p2.Avail() != 4 {
+		t.Fatal("the referenced buffer did not come back on its last Free")
+	}
+	if a := testing.AllocsPerRun(50, func() {
+		k := p1.GetBatch(ms[:32])
+		FreeBatch(ms[:k])
+	}); a != 0 {
+		t.Fatalf("FreeBatch allocated %v times", a)
+	}
+}

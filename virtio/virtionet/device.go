@@ -68,6 +68,7 @@ type Device struct {
 	zeroHdr          dma.Block    // the (all-zero) header of chained tx packets
 	used             []virtqueue.Used
 	refill           []*mbuf.Mbuf
+	txDone           []*mbuf.Mbuf // reclaimed packets, freed as a batch
 	segs             []virtqueue.Seg
 
 	// A packet spanning several rx buffers (MRG_RXBUF) whose later buffers
@@ -237,6 +238,7 @@ func (d *Device) allocate() error {
 	d.txBufs = make([]*mbuf.Mbuf, txSize)
 	d.used = make([]virtqueue.Used, max(rxSize, txSize))
 	d.refill = make([]*mbuf.Mbuf, rxSize)
+	d.txDone = make([]*mbuf.Mbuf, 0, txSize)
 	d.segs = make([]virtqueue.Seg, MaxTxSegs+1)
 	return nil
 }

@@ -128,10 +128,12 @@ func (d *Device) Reclaim() error {
 func (d *Device) reclaim() error {
 	for {
 		k, err := d.tx.Reap(d.used)
+		done := d.txDone[:0] // freed as a batch: one pool lock
 		for _, u := range d.used[:k] {
-			d.txBufs[u.ID].Free()
+			done = append(done, d.txBufs[u.ID])
 			d.txBufs[u.ID] = nil
 		}
+		mbuf.FreeBatch(done)
 		if err != nil {
 			return d.deviceFault("transmit", err)
 		}
