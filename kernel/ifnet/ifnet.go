@@ -139,6 +139,10 @@ type Interface struct {
 	// knows to wake it; cleared by the loop.
 	sleeping atomic.Bool
 
+	// Owned by the poller (the loop, or PollOnce's caller).
+	rx, tx  []*mbuf.Mbuf
+	pending int // tx[:pending] wait for ring space
+
 	link    atomic.Bool
 	running atomic.Bool
 	stop    chan struct{}
@@ -177,6 +181,7 @@ func New(drv Driver, cfg Config) (*Interface, error) {
 		return nil, fmt.Errorf("ifnet %s: %w", cfg.Name, err)
 	}
 	ifp := &Interface{cfg: cfg, drv: drv, txq: mbuf.NewQueue(cfg.TxQueueLen), waker: w,
+		rx: make([]*mbuf.Mbuf, cfg.Burst), tx: make([]*mbuf.Mbuf, cfg.Burst),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	copy(ifp.mac[:], drv.MAC())
 	ifp.protos.Store(&demux{})
@@ -280,9 +285,6 @@ func (ifp *Interface) loop() {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	defer close(ifp.done)
-	rx := make([]*mbuf.Mbuf, ifp.cfg.Burst)
-	tx := make([]*mbuf.Mbuf, ifp.cfg.Burst)
-	pending := 0 // tx[:pending] are waiting for ring space
 	idle := 0
 	sleep := time.Duration(0)
 	lastWork := time.Now()
@@ -290,43 +292,12 @@ func (ifp *Interface) loop() {
 	for {
 		select {
 		case <-ifp.stop:
-			for _, m := range tx[:pending] {
-				m.Free()
-			}
+			mbuf.FreeBatch(ifp.tx[:ifp.pending])
+			ifp.pending = 0
 			return
 		default:
 		}
-		ifp.stats.polls.Add(1)
-		work := false
-
-		n, err := ifp.drv.RxBurst(rx)
-		if n > 0 {
-			work = true
-			ifp.input(rx[:n])
-		}
-		if err != nil {
-			ifp.recover(err)
-			continue
-		}
-
-		pending += ifp.txq.DequeueBatch(tx[pending:])
-		if pending > 0 {
-			sent, err := ifp.drv.TxBurst(tx[:pending])
-			if sent > 0 {
-				work = true
-				copy(tx, tx[sent:pending])
-				pending -= sent
-			}
-			if err != nil {
-				ifp.recover(err)
-				continue
-			}
-		} else if ifp.drv.TxInFlight() > 0 {
-			if err := ifp.drv.Reclaim(); err != nil {
-				ifp.recover(err)
-				continue
-			}
-		}
+		work := ifp.poll()
 
 		now := time.Now()
 		if now.After(nextCheck) {
@@ -358,6 +329,56 @@ func (ifp *Interface) loop() {
 		}
 		ifp.sleeping.Store(false)
 	}
+}
+
+// PollOnce runs one iteration of the poll loop on the calling goroutine:
+// one receive burst through the protocols, one transmit burst from the
+// output queue (or a reclaim). It reports whether there was work. It is for
+// tests and for callers that drive the interface themselves.
+//
+// Precondition: Start has not been called.
+func (ifp *Interface) PollOnce() bool {
+	if ifp.running.Load() {
+		panic("ifnet: PollOnce on a started interface")
+	}
+	return ifp.poll()
+}
+
+// poll is one iteration of the loop. A device error is handled by
+// recovering the device, and counts as work.
+//
+// Precondition: called by the interface's one poller.
+func (ifp *Interface) poll() bool {
+	ifp.stats.polls.Add(1)
+	work := false
+	n, err := ifp.drv.RxBurst(ifp.rx)
+	if n > 0 {
+		work = true
+		ifp.input(ifp.rx[:n])
+	}
+	if err != nil {
+		ifp.recover(err)
+		return true
+	}
+	ifp.pending += ifp.txq.DequeueBatch(ifp.tx[ifp.pending:])
+	if ifp.pending > 0 {
+		sent, err := ifp.drv.TxBurst(ifp.tx[:ifp.pending])
+		if sent > 0 {
+			work = true
+			copy(ifp.tx, ifp.tx[sent:ifp.pending])
+			ifp.pending -= sent
+		}
+		if err != nil {
+			ifp.recover(err)
+			return true
+		}
+	} else if ifp.drv.TxInFlight() > 0 {
+		if err := ifp.drv.Reclaim(); err != nil {
+			ifp.recover(err)
+			return true
+		}
+	}
+	return work
 }
 
 // input counts and demultiplexes a burst. Each frame goes to the protocol
