@@ -28,7 +28,7 @@ func TestHostClients(t *testing.T) {
 	const size = 16 << 20
 	took := echoTCP(t, ports.Echo, randomBytes(size))
 	t.Logf("16 MiB TCP echo round trip: %v (%.1f MB/s each way)", took.Round(time.Millisecond), float64(size)/took.Seconds()/1e6)
-	concurrentEcho(t, ports.Echo, 8, 256<<10)
+	concurrentEcho(t, ports, 8, 256<<10)
 	echoUDP(t, ports.Echo, "one", strings.Repeat("x", 1400), "three")
 
 	st := stats(t, ports.HTTP)

@@ -46,7 +46,7 @@ func TestDeviceMatrix(t *testing.T) {
 				// vhost-user, whatever was asked.
 				checkStatus(t, ports.HTTP, append([]string{"VERSION_1", "MAC", "STATUS", "CTRL_VQ", "CTRL_RX"}, on...), off, uint16(size), 256)
 				echoTCP(t, ports.Echo, randomBytes(2<<20))
-				concurrentEcho(t, ports.Echo, 4, 128<<10)
+				concurrentEcho(t, ports, 4, 128<<10)
 				echoUDP(t, ports.Echo, "matrix", strings.Repeat("m", 1400))
 				st := stats(t, ports.HTTP)
 				if st.Counters.RxDrops != 0 || st.Counters.TxDrops != 0 || st.Driver.DeviceErrors != 0 {

@@ -22,6 +22,7 @@ type Status struct {
 	Driver      virtionet.Stats    `json:"driver"`
 	Interface   ifnet.Stats        `json:"interface"`
 	StackLink   netstack.LinkStats `json:"stack_link"`
+	TCP         netstack.TCPStats  `json:"tcp"`
 	Pool        PoolStatus         `json:"pool"`
 	CPU         CPUStatus          `json:"cpu"`
 }
@@ -97,6 +98,7 @@ func (g *Guest) Status() Status {
 		Driver:    d,
 		Interface: g.ifp.Stats(),
 		StackLink: g.st.LinkStats(),
+		TCP:       g.st.TCPStats(),
 		Pool:      PoolStatus{Buffers: g.drv.Pool().Cap(), Free: g.drv.Pool().Avail()},
 		CPU:       readCPU(),
 	}
@@ -129,6 +131,9 @@ func writeText(w io.Writer, v any) {
 	i := s.Interface
 	fmt.Fprintf(w, "interface  unknown EtherType %d, output queue drops %d, recoveries %d, link changes %d\n",
 		i.RxUnknown, i.TxQueueDrops, i.Recoveries, i.LinkChanges)
+	t := s.TCP
+	fmt.Fprintf(w, "tcp        %d passive / %d active opens, %d established; resets sent %d received %d; retransmits %d\n",
+		t.PassiveOpens, t.ActiveOpens, t.CurrentEstablished, t.ResetsSent, t.ResetsReceived, t.Retransmits)
 	fmt.Fprintf(w, "pool       %d of %d buffers free\n", s.Pool.Free, s.Pool.Buffers)
 	fmt.Fprintf(w, "cpu        harness %.2fs user %.2fs system; guest %.2fs busy %.2fs idle\n",
 		s.CPU.ProcessUser, s.CPU.ProcessSystem, s.CPU.GuestBusy, s.CPU.GuestIdle)

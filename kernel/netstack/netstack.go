@@ -124,6 +124,35 @@ func (s *Stack) LinkStats() LinkStats {
 	return LinkStats{e.rxDelivered.Load(), e.rxMalformed.Load(), e.txNoBufs.Load(), e.txTooBig.Load()}
 }
 
+// TCPStats are the stack's TCP counters that explain a connection problem.
+type TCPStats struct {
+	ActiveOpens        uint64 `json:"active_opens"`
+	PassiveOpens       uint64 `json:"passive_opens"`
+	CurrentEstablished uint64 `json:"current_established"`
+	EstablishedResets  uint64 `json:"established_resets"`
+	FailedAttempts     uint64 `json:"failed_connection_attempts"`
+	ListenSynDrops     uint64 `json:"listen_overflow_syn_drop"`
+	ResetsSent         uint64 `json:"resets_sent"`
+	ResetsReceived     uint64 `json:"resets_received"`
+	Retransmits        uint64 `json:"retransmits"`
+	Timeouts           uint64 `json:"timeouts"`
+	ChecksumErrors     uint64 `json:"checksum_errors"`
+	InvalidSegments    uint64 `json:"invalid_segments_received"`
+}
+
+// TCPStats returns the stack's TCP counters.
+func (s *Stack) TCPStats() TCPStats {
+	t := s.Stats().TCP
+	return TCPStats{
+		ActiveOpens: t.ActiveConnectionOpenings.Value(), PassiveOpens: t.PassiveConnectionOpenings.Value(),
+		CurrentEstablished: t.CurrentEstablished.Value(), EstablishedResets: t.EstablishedResets.Value(),
+		FailedAttempts: t.FailedConnectionAttempts.Value(), ListenSynDrops: t.ListenOverflowSynDrop.Value(),
+		ResetsSent: t.ResetsSent.Value(), ResetsReceived: t.ResetsReceived.Value(),
+		Retransmits: t.Retransmits.Value(), Timeouts: t.Timeouts.Value(),
+		ChecksumErrors: t.ChecksumErrors.Value(), InvalidSegments: t.InvalidSegmentsReceived.Value(),
+	}
+}
+
 // endpoint is the stack.LinkEndpoint over an ifnet.Interface.
 type endpoint struct {
 	ifp  *ifnet.Interface
