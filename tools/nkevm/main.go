@@ -168,15 +168,7 @@ func cmdRun(ctx context.Context, f *flags) error {
 			return err
 		}
 	}
-	qemu, err := qemuPath(ctx, f, true)
-	if err != nil {
-		return err
-	}
-	opts, _, err := options(ctx, f, qemu)
-	if err != nil {
-		return err
-	}
-	args, err := opts.Args()
+	opts, args, err := commandLine(ctx, f, true)
 	if err != nil {
 		return err
 	}
@@ -187,20 +179,27 @@ func cmdRun(ctx context.Context, f *flags) error {
 }
 
 func cmdQEMUArgs(ctx context.Context, f *flags) error {
-	qemu, err := qemuPath(ctx, f, false)
-	if err != nil {
-		return err
-	}
-	opts, _, err := options(ctx, f, qemu)
-	if err != nil {
-		return err
-	}
-	args, err := opts.Args()
+	_, args, err := commandLine(ctx, f, false)
 	if err != nil {
 		return err
 	}
 	fmt.Println(shellJoin(args))
 	return nil
+}
+
+// commandLine prepares QEMU (installing it if install is set), the kernel
+// and the image, and renders the QEMU command line.
+func commandLine(ctx context.Context, f *flags, install bool) (hostvm.Options, []string, error) {
+	qemu, err := qemuPath(ctx, f, install)
+	if err != nil {
+		return hostvm.Options{}, nil, err
+	}
+	opts, _, err := options(ctx, f, qemu)
+	if err != nil {
+		return hostvm.Options{}, nil, err
+	}
+	args, err := opts.Args()
+	return opts, args, err
 }
 
 // cmdVMTestEnv prints exports both for hugelgupf/vmtest (VMTEST_*) and
