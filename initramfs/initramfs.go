@@ -176,10 +176,11 @@ func isLocalPath(pkg string) bool {
 
 // goBuild links a static linux/amd64 binary. -trimpath and stripped
 // symbols keep the output identical across rebuilds of the same source,
-// which is what lets Build skip rewriting the archive. The VCS stamp stays:
-// the guest reports its revision, and it only changes with the source.
+// which is what lets Build skip rewriting the archive. The VCS stamp stays
+// (explicitly, whatever GOFLAGS says): the guest reports its revision, and
+// it only changes with the source.
 func goBuild(ctx context.Context, dir, main, out string, extra []string) error {
-	args := []string{"build", "-trimpath", "-ldflags=-s -w"}
+	args := []string{"build", "-trimpath", "-buildvcs=auto", "-ldflags=-s -w"}
 	args = append(args, extra...)
 	args = append(args, "-o", out, main)
 	c := exec.CommandContext(ctx, "go", args...)
