@@ -141,7 +141,8 @@ type Interface struct {
 
 	// Owned by the poller (the loop, or PollOnce's caller).
 	rx, tx  []*mbuf.Mbuf
-	pending int // tx[:pending] wait for ring space
+	pending int    // tx[:pending] wait for ring space
+	linkErr string // the link-status error last logged
 
 	link    atomic.Bool
 	running atomic.Bool
@@ -441,9 +442,14 @@ func (ifp *Interface) check() {
 	}
 	up, err := ifp.drv.LinkUp()
 	if err != nil {
-		ifp.cfg.Logf("%s: %v", ifp.cfg.Name, err)
+		// Said once, not every check: the link state stays as last read.
+		if msg := err.Error(); msg != ifp.linkErr {
+			ifp.linkErr = msg
+			ifp.cfg.Logf("%s: %v", ifp.cfg.Name, err)
+		}
 		return
 	}
+	ifp.linkErr = ""
 	if ifp.link.Swap(up) != up {
 		ifp.stats.linkChanges.Add(1)
 		state := "down"

@@ -12,6 +12,7 @@ import (
 	"github.com/nke-harness/nke/kernel/dma"
 	"github.com/nke-harness/nke/kernel/ifnet"
 	"github.com/nke-harness/nke/kernel/mbuf"
+	"github.com/nke-harness/nke/virtio"
 	"github.com/nke-harness/nke/virtio/devmodel"
 	"github.com/nke-harness/nke/virtio/virtionet"
 )
@@ -163,7 +164,11 @@ func TestRecoveryAndLink(t *testing.T) {
 	waitFor(t, "recovery", func() bool { return r.ifp.Stats().Recoveries == 1 })
 	r.dev.SetNeedsReset()
 	waitFor(t, "second recovery", func() bool { return r.ifp.Stats().Recoveries == 2 })
-	waitFor(t, "device running", func() bool { return r.drv.Health() == nil })
+	// The driver belongs to the poll loop; ask the device, not the driver.
+	waitFor(t, "device running", func() bool {
+		st := r.dev.Status()
+		return st&virtio.StatusDriverOK != 0 && st&virtio.StatusNeedsReset == 0
+	})
 	for i := 0; i < 10; i++ {
 		r.dev.Deliver(frame(0x0800, 2, 64))
 	}
@@ -188,5 +193,18 @@ func TestOutputQueueFull(t *testing.T) {
 	}
 	if errs != 2 || r.ifp.Stats().TxQueueDrops != 2 {
 		t.Fatalf("%d drops, want 2", errs)
+	}
+}
+
+func TestLinkErrorLoggedOnce(t *testing.T) {
+	r := newRig(t, ifnet.Config{CheckEvery: time.Millisecond})
+	r.ifp.Start()
+	var bad [virtionet.ConfigSize]byte
+	copy(bad[:], mac)
+	bad[6] = 0x80 // undefined status bit
+	r.dev.SetConfig(bad)
+	time.Sleep(100 * time.Millisecond)
+	if n := strings.Count(r.logs.String(), "config invalid"); n != 1 {
+		t.Fatalf("config error logged %d times in 100 checks, want once:\n%s", n, r.logs.String())
 	}
 }

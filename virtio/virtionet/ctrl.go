@@ -76,9 +76,6 @@ func (d *Device) command(class, cmd uint8, data []byte) error {
 	if c == nil {
 		return fmt.Errorf("control queue not negotiated: %w", virtio.ErrNotSupported)
 	}
-	if d.broken != nil {
-		return d.broken
-	}
 	if len(data) > ctrlMaxData || len(data) == 0 {
 		return fmt.Errorf("control command data of %d bytes", len(data))
 	}
@@ -128,7 +125,7 @@ func (d *Device) SetAllMulti(on bool) error {
 }
 
 func (d *Device) rxMode(cmd uint8, on bool, what string) error {
-	if !d.features.Has(FCtrlRx) {
+	if !d.Features().Has(FCtrlRx) {
 		return &OpError{Op: "set " + what, Dev: d.t.Name(), Err: fmt.Errorf("CTRL_RX not negotiated: %w", virtio.ErrNotSupported)}
 	}
 	v := byte(0)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nke-harness/nke/kernel/dma"
 	"github.com/nke-harness/nke/kernel/mbuf"
@@ -82,6 +83,7 @@ type Device struct {
 
 	broken error
 	stats  counters
+	info   atomic.Pointer[info]
 }
 
 // Open resets the device behind t, negotiates features, sets up the rx, tx
@@ -149,6 +151,7 @@ func (d *Device) negotiate() error {
 		d.mtu = int(d.cfg.MTU)
 	}
 	d.maxFrame = d.mtu + ethHdrLen + 4 // a VLAN tag fits
+	d.info.Store(&info{Features: d.features, Offered: d.offered, MAC: d.cfg.MAC, MTU: d.mtu})
 	return nil
 }
 
@@ -369,16 +372,25 @@ func (d *Device) Close() error { return d.t.Close() }
 func (d *Device) Name() string { return d.t.Name() }
 
 // MAC is the device's MAC address (nil without VIRTIO_NET_F_MAC).
-func (d *Device) MAC() []byte { return d.cfg.MAC }
+func (d *Device) MAC() []byte { return d.info.Load().MAC }
 
 // MTU is the IP MTU the driver uses.
-func (d *Device) MTU() int { return d.mtu }
+func (d *Device) MTU() int { return d.info.Load().MTU }
 
 // Features are the negotiated features.
-func (d *Device) Features() virtio.Features { return d.features }
+func (d *Device) Features() virtio.Features { return d.info.Load().Features }
 
 // Offered are the features the device offered.
-func (d *Device) Offered() virtio.Features { return d.offered }
+func (d *Device) Offered() virtio.Features { return d.info.Load().Offered }
+
+// info is what negotiation found, published for readers on other
+// goroutines (status pages) while the data-path owner may be renegotiating
+// in Recover.
+type info struct {
+	Features, Offered virtio.Features
+	MAC               []byte
+	MTU               int
+}
 
 // QueueSizes returns the rx and tx queue sizes.
 func (d *Device) QueueSizes() (rx, tx uint16) { return d.rxRings.Size, d.txRings.Size }
