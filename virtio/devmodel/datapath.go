@@ -27,11 +27,28 @@ func (n *Net) Deliver(frame []byte) error {
 	if err := n.admitLocked(frame); err != nil {
 		return err
 	}
-	if n.waitKick || n.backlogN > 0 || !n.rxOneLocked(frame) {
+	if n.waitKick || n.backlogN > 0 || !n.placeLocked(frame) {
 		return n.queueLocked(frame)
 	}
 	n.publishLocked(rxq)
 	return nil
+}
+
+// placeLocked writes frame into rx buffers as QEMU's virtio_net_has_buffers
+// decides: when the ring looks empty, enable notifications and look once
+// more, so that buffers the driver published in between (and will not kick
+// for, since notifications were off when it looked) are not missed. With
+// buffers found, notifications go off again.
+func (n *Net) placeLocked(frame []byte) bool {
+	dq := n.q[rxq].dev
+	if !n.rxOneLocked(frame) {
+		dq.SetNotify(true)
+		if !n.rxOneLocked(frame) {
+			return false
+		}
+	}
+	dq.SetNotify(false)
+	return true
 }
 
 // admitLocked decides whether the device takes a frame from the wire at all.
@@ -63,7 +80,7 @@ func (n *Net) DeliverBurst(frames [][]byte) (int, error) {
 	var err error
 	for _, f := range frames {
 		e := n.admitLocked(f)
-		if e == nil && (n.waitKick || n.backlogN > 0 || !n.rxOneLocked(f)) {
+		if e == nil && (n.waitKick || n.backlogN > 0 || !n.placeLocked(f)) {
 			e = n.queueLocked(f)
 		}
 		if e == nil {
@@ -98,7 +115,6 @@ func (n *Net) queueLocked(frame []byte) error {
 	n.backlog[i] = append(n.backlog[i][:0], frame...)
 	n.backlogN++
 	n.waitKick = true
-	n.q[rxq].dev.SetNotify(true)
 	return ErrNoBuffers
 }
 
@@ -112,7 +128,7 @@ func (n *Net) Backlog() int {
 // flushLocked delivers queued frames after an rx kick.
 func (n *Net) flushLocked() {
 	moved := false
-	for n.backlogN > 0 && n.rxOneLocked(n.backlog[n.backlogHead]) {
+	for n.backlogN > 0 && n.placeLocked(n.backlog[n.backlogHead]) {
 		n.backlogHead = (n.backlogHead + 1) % len(n.backlog)
 		n.backlogN--
 		moved = true
@@ -120,12 +136,8 @@ func (n *Net) flushLocked() {
 	if moved {
 		n.publishLocked(rxq)
 	}
-	if n.backlogN > 0 {
-		n.waitKick = true
-		n.q[rxq].dev.SetNotify(true)
-		return
-	}
-	n.q[rxq].dev.SetNotify(false)
+	// Frames left: placeLocked left notifications on; wait for a kick.
+	n.waitKick = n.backlogN > 0
 }
 
 // rxOneLocked writes one frame into rx buffers and pushes them as used; the
