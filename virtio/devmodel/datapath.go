@@ -155,7 +155,7 @@ func (n *Net) rxOneLocked(frame []byte) bool {
 	used, off := 0, 0
 	var first []byte // the first buffer, where the header goes
 	for off < len(stream) {
-		if dq.Avail() == 0 || used == len(heads) || (!mrg && used == 1) {
+		if !dq.HasAvail() || used == len(heads) || (!mrg && used == 1) {
 			dq.Unpop(used)
 			if !mrg && used == 1 {
 				// One buffer too small without MRG_RXBUF: QEMU gives the
@@ -171,7 +171,7 @@ func (n *Net) rxOneLocked(frame []byte) bool {
 			return true
 		}
 		if len(n.chain.Read) != 0 || n.chain.WritableLen() == 0 {
-			n.failLocked(fmt.Errorf("rx chain %d has no writable buffer", n.chain.Head))
+			n.failLocked(fmt.Errorf("rx chain %d has no writable buffer", n.chain.ID))
 			return true
 		}
 		if used == 0 {
@@ -181,7 +181,7 @@ func (n *Net) rxOneLocked(frame []byte) bool {
 		for _, b := range n.chain.Write {
 			w += copy(b, stream[off+w:])
 		}
-		heads[used], lens[used] = n.chain.Head, uint32(w)
+		heads[used], lens[used] = n.chain.ID, uint32(w)
 		used++
 		off += w
 	}
@@ -220,7 +220,7 @@ func (n *Net) publishLocked(q int) {
 	dq := n.q[q].dev
 	dq.PublishUsed()
 	if f := &n.faults; f.usedIdxJump != 0 && f.usedIdxJumpQueue == q {
-		dq.SetUsedIdx(dq.UsedIdx() + f.usedIdxJump)
+		dq.JumpUsed(f.usedIdxJump)
 		f.usedIdxJump = 0
 	}
 }
@@ -242,7 +242,7 @@ func (n *Net) txLocked() {
 				break
 			}
 			if len(n.chain.Write) != 0 {
-				n.failLocked(fmt.Errorf("tx chain %d has writable buffers", n.chain.Head))
+				n.failLocked(fmt.Errorf("tx chain %d has writable buffers", n.chain.ID))
 				return
 			}
 			pkt := n.scratch[:0]
@@ -252,7 +252,7 @@ func (n *Net) txLocked() {
 			n.scratch = pkt[:0]
 			if len(pkt) < virtionet.HeaderLen {
 				// QEMU: "virtio-net header incorrect", a fatal device error.
-				n.failLocked(fmt.Errorf("tx chain %d shorter than the header", n.chain.Head))
+				n.failLocked(fmt.Errorf("tx chain %d shorter than the header", n.chain.ID))
 				return
 			}
 			if h := virtionet.Header(pkt); h.GSOType() != virtionet.GSONone || h.Flags()&virtionet.HdrFNeedsCsum != 0 {
@@ -263,14 +263,14 @@ func (n *Net) txLocked() {
 				n.opts.Tx(pkt[virtionet.HeaderLen:])
 			}
 			n.stats.TxFrames++
-			n.pushLocked(txq, n.chain.Head, 0)
+			n.pushLocked(txq, n.chain.ID, 0)
 			sent++
 		}
 		if sent > 0 {
 			n.publishLocked(txq)
 		}
 		dq.SetNotify(true)
-		if dq.Avail() == 0 {
+		if !dq.HasAvail() {
 			return
 		}
 	}
@@ -295,7 +295,7 @@ func (n *Net) ctrlLocked() {
 		}
 		n.scratch = cmd[:0]
 		if len(cmd) < 2 || len(n.chain.Write) == 0 || len(n.chain.Write[0]) < 1 {
-			n.failLocked(fmt.Errorf("ctrl chain %d malformed", n.chain.Head))
+			n.failLocked(fmt.Errorf("ctrl chain %d malformed", n.chain.ID))
 			return
 		}
 		ack := byte(1)
@@ -309,7 +309,7 @@ func (n *Net) ctrlLocked() {
 			ack = 0
 		}
 		n.chain.Write[0][0] = ack
-		n.pushLocked(ctrlq, n.chain.Head, 1)
+		n.pushLocked(ctrlq, n.chain.ID, 1)
 	}
 	n.publishLocked(ctrlq)
 }

@@ -55,7 +55,7 @@ type queue struct {
 	size    uint16
 	addrs   virtio.QueueAddrs
 	enabled bool
-	dev     *virtqueue.DeviceQueue
+	dev     virtqueue.DeviceRing
 	kicks   int
 }
 
@@ -259,13 +259,13 @@ func (n *Net) ringsLocked(q *queue) (virtqueue.Rings, error) {
 	if r.Desc.Buf, err = get(q.addrs.Desc, virtqueue.DescTableSize(size)); err != nil {
 		return r, err
 	}
-	if r.Avail.Buf, err = get(q.addrs.Driver, virtqueue.AvailSize(size)); err != nil {
+	if r.Driver.Buf, err = get(q.addrs.Driver, virtqueue.AvailSize(size)); err != nil {
 		return r, err
 	}
-	if r.Used.Buf, err = get(q.addrs.Device, virtqueue.UsedSize(size)); err != nil {
+	if r.Device.Buf, err = get(q.addrs.Device, virtqueue.UsedSize(size)); err != nil {
 		return r, err
 	}
-	r.Desc.Addr, r.Avail.Addr, r.Used.Addr = q.addrs.Desc, q.addrs.Driver, q.addrs.Device
+	r.Desc.Addr, r.Driver.Addr, r.Device.Addr = q.addrs.Desc, q.addrs.Driver, q.addrs.Device
 	return r, nil
 }
 

@@ -24,7 +24,7 @@ func TestModelCatchesDriverMistakes(t *testing.T) {
 			t.Fatal(err)
 		}
 		q, _ := virtqueue.New("tx", r, false)
-		kick, err := n.SetupQueue(TxQueue, 8, virtio.QueueAddrs{Desc: r.Desc.Addr, Driver: r.Avail.Addr, Device: r.Used.Addr})
+		kick, err := n.SetupQueue(TxQueue, 8, virtio.QueueAddrs{Desc: r.Desc.Addr, Driver: r.Driver.Addr, Device: r.Device.Addr})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,7 +96,7 @@ func TestRxStallNeedsKick(t *testing.T) {
 	n.SetStatus(virtio.StatusAcknowledge | virtio.StatusDriver | virtio.StatusFeaturesOK)
 	r, _ := virtqueue.AllocRings(h, 4)
 	q, _ := virtqueue.New("rx", r, true)
-	kick, err := n.SetupQueue(RxQueue, 4, virtio.QueueAddrs{Desc: r.Desc.Addr, Driver: r.Avail.Addr, Device: r.Used.Addr})
+	kick, err := n.SetupQueue(RxQueue, 4, virtio.QueueAddrs{Desc: r.Desc.Addr, Driver: r.Driver.Addr, Device: r.Device.Addr})
 	if err != nil {
 		t.Fatal(err)
 	}

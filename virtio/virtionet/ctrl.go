@@ -36,7 +36,7 @@ var ErrCtrlRejected = errors.New("device rejected the control command")
 // path, never from the data path.
 type ctrlq struct {
 	rings virtqueue.Rings
-	q     *virtqueue.Queue
+	q     virtqueue.Ring
 	kick  virtio.Notifier
 	buf   dma.Block // class, cmd @0; data @16; ack @48
 	used  [1]virtqueue.Used

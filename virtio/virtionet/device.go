@@ -60,7 +60,7 @@ type Device struct {
 	mtu      int
 	maxFrame int // largest frame sent or received, without the virtio header
 
-	rx, tx           *virtqueue.Queue
+	rx, tx           virtqueue.Ring
 	rxRings, txRings virtqueue.Rings
 	rxKick, txKick   virtio.Notifier
 	rxBufs           []*mbuf.Mbuf // rx buffer of each descriptor head
@@ -281,7 +281,7 @@ func (d *Device) startLocked() error {
 }
 
 func addrs(r virtqueue.Rings) virtio.QueueAddrs {
-	return virtio.QueueAddrs{Desc: r.Desc.Addr, Driver: r.Avail.Addr, Device: r.Used.Addr}
+	return virtio.QueueAddrs{Desc: r.Desc.Addr, Driver: r.Driver.Addr, Device: r.Device.Addr}
 }
 
 // Recover resets the device and brings it back with the same features and

@@ -33,7 +33,7 @@ loop:
 		switch {
 		case m.Next() == nil && m.Headroom() >= HeaderLen:
 			// Common case: the header goes in the headroom, one descriptor.
-			head, ok := d.tx.PeekHead()
+			head, ok := d.tx.PeekID()
 			if !ok {
 				break loop
 			}
@@ -58,13 +58,12 @@ loop:
 					segs = append(segs, virtqueue.Seg{Addr: b.Addr(), Len: uint32(b.Len())})
 				}
 			}
-			head, ok := d.tx.PeekHead()
+			head, ok := d.tx.PeekID()
 			if !ok {
 				break loop
 			}
 			if d.features.Has(virtio.FIndirectDesc) {
-				t := d.txTables[head]
-				_, ok = d.tx.AddIndirect(virtqueue.DescTable(t.Buf), t.Addr, segs)
+				_, ok = d.tx.AddIndirect(d.txTables[head], segs)
 			} else {
 				_, ok = d.tx.AddChain(segs)
 			}
@@ -148,4 +147,4 @@ func (d *Device) TxInFlight() int { return int(d.tx.InFlight()) }
 
 // RxPending reports whether the device has published rx buffers the driver
 // has not reaped: a cheap check for a poll loop deciding whether to sleep.
-func (d *Device) RxPending() bool { return d.rx.Pending() != 0 }
+func (d *Device) RxPending() bool { return d.rx.HasUsed() }

@@ -18,7 +18,7 @@ var ErrBadChain = errors.New("virtqueue: malformed descriptor chain")
 // Chain is one chain a device popped: the driver's buffers, translated.
 // Its slices are reused by the next Pop into the same Chain.
 type Chain struct {
-	Head  uint16
+	ID    uint16 // the buffer id to Push (split: the head descriptor)
 	Read  [][]byte // device-readable buffers, in order
 	Write [][]byte // device-writable buffers, in order
 }
@@ -61,6 +61,9 @@ func NewDevice(r Rings, mem Translator, eventIdx, indirect bool) (*DeviceQueue, 
 // it is reported as-is for the caller to judge.
 func (d *DeviceQueue) Avail() uint16 { return load16hi(d.v.availHdr) - d.lastAvail }
 
+// HasAvail reports whether the driver published a chain not popped yet.
+func (d *DeviceQueue) HasAvail() bool { return d.Avail() != 0 }
+
 // Pop takes the next available chain into c. It reports false when none is
 // available.
 func (d *DeviceQueue) Pop(c *Chain) (bool, error) {
@@ -73,7 +76,7 @@ func (d *DeviceQueue) Pop(c *Chain) (bool, error) {
 }
 
 func (d *DeviceQueue) walk(head uint16, c *Chain) (bool, error) {
-	c.Head = head
+	c.ID = head
 	c.Read, c.Write = c.Read[:0], c.Write[:0]
 	if head >= d.v.size {
 		return false, fmt.Errorf("%w: head %d >= size %d", ErrBadChain, head, d.v.size)
@@ -150,6 +153,9 @@ func (d *DeviceQueue) SetUsedIdx(idx uint16) {
 	d.usedIdx = idx
 	d.PublishUsed()
 }
+
+// JumpUsed moves used.idx delta entries past what was used.
+func (d *DeviceQueue) JumpUsed(delta uint16) { d.SetUsedIdx(d.usedIdx + delta) }
 
 // UsedIdx is the next used index the device will publish.
 func (d *DeviceQueue) UsedIdx() uint16 { return d.usedIdx }

@@ -60,7 +60,7 @@ func runProgram(t *testing.T, prog []byte, eventIdx bool) {
 				segs[i] = Seg{buf.Addr, 64, i == len(segs)-1}
 			}
 			if op&8 != 0 {
-				p.drv.AddIndirect(DescTable(tbl.Buf), tbl.Addr, segs)
+				p.drv.AddIndirect(tbl, segs)
 			} else {
 				p.drv.AddChain(segs)
 			}
@@ -72,7 +72,7 @@ func runProgram(t *testing.T, prog []byte, eventIdx bool) {
 				if ok, _ := p.dev.Pop(&c); !ok {
 					break
 				}
-				p.dev.Push(c.Head, uint32(c.WritableLen()))
+				p.dev.Push(c.ID, uint32(c.WritableLen()))
 			}
 			p.dev.PublishUsed()
 		case 4: // device writes a raw element

@@ -68,15 +68,19 @@ func AvailSize(n int) int { return 6 + 2*n + 2 }
 // avail_event, plus two bytes of padding.
 func UsedSize(n int) int { return 6 + 8*n + 2 }
 
-// Rings is the memory of one split virtqueue.
+// Rings is the memory of one virtqueue, split or packed: the descriptor
+// area, the driver area (split: the available ring; packed: the driver event
+// suppression structure) and the device area (split: the used ring; packed:
+// the device event suppression structure), spec 2.6 "Virtqueues".
 type Rings struct {
-	Size  uint16
-	Desc  dma.Block
-	Avail dma.Block
-	Used  dma.Block
+	Layout Layout
+	Size   uint16
+	Desc   dma.Block
+	Driver dma.Block
+	Device dma.Block
 }
 
-// AllocRings allocates zeroed rings for a queue of size entries.
+// AllocRings allocates zeroed split rings for a queue of size entries.
 func AllocRings(a dma.Allocator, size uint16) (Rings, error) {
 	if err := CheckSize(size); err != nil {
 		return Rings{}, err
@@ -84,14 +88,14 @@ func AllocRings(a dma.Allocator, size uint16) (Rings, error) {
 	n := int(size)
 	var r Rings
 	var err error
-	r.Size = size
+	r.Layout, r.Size = Split, size
 	if r.Desc, err = a.Alloc(DescTableSize(n), DescAlign); err != nil {
 		return Rings{}, fmt.Errorf("virtqueue: descriptor table for %d: %w", n, err)
 	}
-	if r.Avail, err = a.Alloc(AvailSize(n), AvailAlign); err != nil {
+	if r.Driver, err = a.Alloc(AvailSize(n), AvailAlign); err != nil {
 		return Rings{}, fmt.Errorf("virtqueue: avail ring for %d: %w", n, err)
 	}
-	if r.Used, err = a.Alloc(UsedSize(n), UsedAlign); err != nil {
+	if r.Device, err = a.Alloc(UsedSize(n), UsedAlign); err != nil {
 		return Rings{}, fmt.Errorf("virtqueue: used ring for %d: %w", n, err)
 	}
 	return r, nil
@@ -107,6 +111,9 @@ func CheckSize(size uint16) error {
 }
 
 func (r Rings) check() error {
+	if r.Layout != Split {
+		return fmt.Errorf("virtqueue: %v rings where split rings are needed", r.Layout)
+	}
 	if err := CheckSize(r.Size); err != nil {
 		return err
 	}
@@ -114,9 +121,9 @@ func (r Rings) check() error {
 	switch {
 	case len(r.Desc.Buf) < DescTableSize(n) || r.Desc.Addr%DescAlign != 0:
 		return fmt.Errorf("virtqueue: descriptor table too small or misaligned for %d", n)
-	case len(r.Avail.Buf) < AvailSize(n) || r.Avail.Addr%AvailAlign != 0:
+	case len(r.Driver.Buf) < AvailSize(n) || r.Driver.Addr%AvailAlign != 0:
 		return fmt.Errorf("virtqueue: avail ring too small or misaligned for %d", n)
-	case len(r.Used.Buf) < UsedSize(n) || r.Used.Addr%UsedAlign != 0:
+	case len(r.Device.Buf) < UsedSize(n) || r.Device.Addr%UsedAlign != 0:
 		return fmt.Errorf("virtqueue: used ring too small or misaligned for %d", n)
 	}
 	return nil

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+
+	"github.com/nke-harness/nke/kernel/dma"
 )
 
 // Errors describing a device that broke the split-ring contract. They are
@@ -87,8 +89,8 @@ func New(name string, r Rings, eventIdx bool) (*Queue, error) {
 		writable: make([]uint32, r.Size),
 	}
 	clear(r.Desc.Buf)
-	clear(r.Avail.Buf)
-	clear(r.Used.Buf)
+	clear(r.Driver.Buf)
+	clear(r.Device.Buf)
 	q.Reset()
 	return q, nil
 }
@@ -137,9 +139,9 @@ func (q *Queue) InFlight() uint16 { return q.inFlight }
 // Broken returns the error that broke the queue, or nil.
 func (q *Queue) Broken() error { return q.broken }
 
-// InFlightHeads calls fn for the head of each chain in flight, for the
+// InFlightIDs calls fn for the head of each chain in flight, for the
 // caller to reclaim its buffers before Reset.
-func (q *Queue) InFlightHeads(fn func(head uint16)) {
+func (q *Queue) InFlightIDs(fn func(head uint16)) {
 	for i, n := range q.chainLen {
 		if n != 0 {
 			fn(uint16(i))
@@ -147,10 +149,10 @@ func (q *Queue) InFlightHeads(fn func(head uint16)) {
 	}
 }
 
-// PeekHead returns the descriptor the next Add1 or AddIndirect will use as
-// its head, so that per-head resources (an indirect table) can be filled
-// first. It reports false when the queue is full.
-func (q *Queue) PeekHead() (uint16, bool) {
+// PeekID returns the descriptor the next Add1, AddChain or AddIndirect
+// will use as its head, so that per-head resources (an indirect table) can
+// be filled first. It reports false when the queue is full.
+func (q *Queue) PeekID() (uint16, bool) {
 	return q.freeHead, q.numFree > 0 && q.broken == nil
 }
 
@@ -214,12 +216,13 @@ func (q *Queue) AddChain(segs []Seg) (uint16, bool) {
 	return head, true
 }
 
-// AddIndirect adds segs through the indirect table table (at device address
-// tableAddr), using one ring descriptor (spec 2.7.5.3). Only valid when
-// VIRTIO_F_INDIRECT_DESC was negotiated. table must stay untouched until the
-// chain is reaped.
-func (q *Queue) AddIndirect(table []Desc, tableAddr uint64, segs []Seg) (uint16, bool) {
-	if len(segs) == 0 || len(segs) > len(table) || q.numFree == 0 || q.broken != nil || !ordered(segs) {
+// AddIndirect adds segs through an indirect table in table, using one ring
+// descriptor (spec 2.7.5.3). Only valid when VIRTIO_F_INDIRECT_DESC was
+// negotiated. table must stay untouched until the chain is reaped.
+func (q *Queue) AddIndirect(table dma.Block, segs []Seg) (uint16, bool) {
+	descs := DescTable(table.Buf)
+	if len(segs) == 0 || len(segs) > len(descs) || table.Addr%DescAlign != 0 ||
+		q.numFree == 0 || q.broken != nil || !ordered(segs) {
 		return 0, false
 	}
 	var w uint32
@@ -232,12 +235,12 @@ func (q *Queue) AddIndirect(table []Desc, tableAddr uint64, segs []Seg) (uint16,
 		if i < len(segs)-1 {
 			flags |= DescFNext
 		}
-		table[i] = Desc{Addr: s.Addr, Len: s.Len, Flags: flags, Next: uint16(i + 1)}
+		descs[i] = Desc{Addr: s.Addr, Len: s.Len, Flags: flags, Next: uint16(i + 1)}
 	}
 	head := q.freeHead
 	q.freeHead = q.next[head]
 	q.numFree--
-	q.v.desc[head] = Desc{Addr: tableAddr, Len: uint32(16 * len(segs)), Flags: DescFIndirect}
+	q.v.desc[head] = Desc{Addr: table.Addr, Len: uint32(16 * len(segs)), Flags: DescFIndirect}
 	q.chainLen[head] = 1
 	q.writable[head] = w
 	q.inFlight++
@@ -286,8 +289,12 @@ func (q *Queue) NeedsKick() bool {
 
 // Pending reports how many used entries the device has published that
 // Reap has not consumed. It does not validate them.
-func (q *Queue) Pending() uint16 {
-	return load16hi(q.v.usedHdr) - q.lastUsed
+func (q *Queue) Pending() uint16 { return load16hi(q.v.usedHdr) - q.lastUsed }
+
+// HasUsed reports whether the device has published used entries that Reap
+// has not consumed. It does not validate them.
+func (q *Queue) HasUsed() bool {
+	return load16hi(q.v.usedHdr) != q.lastUsed
 }
 
 // Reap consumes up to len(out) used entries, validating each, frees their

@@ -68,13 +68,13 @@ func TestRoundTrip(t *testing.T) {
 			if !ok || err != nil {
 				t.Fatalf("Pop %d: %v %v", i, ok, err)
 			}
-			if c.Head != heads[i] || len(c.Write) != 1 || len(c.Read) != 0 {
-				t.Fatalf("Pop %d: head %d write %d read %d", i, c.Head, len(c.Write), len(c.Read))
+			if c.ID != heads[i] || len(c.Write) != 1 || len(c.Read) != 0 {
+				t.Fatalf("Pop %d: head %d write %d read %d", i, c.ID, len(c.Write), len(c.Read))
 			}
 			c.Write[0][0] = byte(i)
-			p.dev.Push(c.Head, uint32(i+1))
+			p.dev.Push(c.ID, uint32(i+1))
 		}
-		if p.drv.Pending() != 0 {
+		if p.drv.HasUsed() {
 			t.Fatal("driver sees used entries before PublishUsed")
 		}
 		p.dev.PublishUsed()
@@ -116,7 +116,7 @@ func TestChainsAndIndirect(t *testing.T) {
 		t.Fatalf("NumFree = %d after a 3-chain, want 13", p.drv.NumFree())
 	}
 	tbl := p.buf(t, 16*4)
-	h2, ok := p.drv.AddIndirect(DescTable(tbl.Buf), tbl.Addr, segs)
+	h2, ok := p.drv.AddIndirect(tbl, segs)
 	if !ok {
 		t.Fatal("AddIndirect failed")
 	}
@@ -140,13 +140,13 @@ func TestChainsAndIndirect(t *testing.T) {
 			}
 			return out
 		}
-		if diff := cmp.Diff([]int{12, 100}, lens(ch.Read)); ch.Head != want || diff != "" {
-			t.Fatalf("chain %d: head %d read lens diff %s", want, ch.Head, diff)
+		if diff := cmp.Diff([]int{12, 100}, lens(ch.Read)); ch.ID != want || diff != "" {
+			t.Fatalf("chain %d: head %d read lens diff %s", want, ch.ID, diff)
 		}
 		if ch.WritableLen() != 200 {
 			t.Fatalf("writable = %d", ch.WritableLen())
 		}
-		p.dev.Push(ch.Head, 200)
+		p.dev.Push(ch.ID, 200)
 	}
 	p.dev.PublishUsed()
 	out := make([]Used, 4)
@@ -212,7 +212,7 @@ func TestNoInterruptRequested(t *testing.T) {
 			var c Chain
 			p.dev.Pop(&c)
 			old := p.dev.UsedIdx()
-			p.dev.Push(c.Head, 1)
+			p.dev.Push(c.ID, 1)
 			p.dev.PublishUsed()
 			if p.dev.DriverWantsInterrupt(old) {
 				t.Fatalf("eventIdx=%v: driver asked for an interrupt (poll mode)", eventIdx)
@@ -264,7 +264,7 @@ func TestHostileDevice(t *testing.T) {
 			}
 			// Reset recovers.
 			var reclaimed int
-			p.drv.InFlightHeads(func(uint16) { reclaimed++ })
+			p.drv.InFlightIDs(func(uint16) { reclaimed++ })
 			if reclaimed == 0 {
 				t.Fatal("no heads in flight to reclaim")
 			}
@@ -329,7 +329,7 @@ func TestHotPathAllocs(t *testing.T) {
 		p.drv.NeedsKick()
 		for i := 0; i < 32; i++ {
 			p.dev.Pop(&c)
-			p.dev.Push(c.Head, 60)
+			p.dev.Push(c.ID, 60)
 		}
 		p.dev.PublishUsed()
 		if n, err := p.drv.Reap(out); n != 32 || err != nil {

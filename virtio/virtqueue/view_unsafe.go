@@ -33,7 +33,7 @@ func newView(r Rings) (ringView, error) {
 	// The CPU-side alignment matters for the atomics; it need not match the
 	// device address alignment when a segment's virtual and physical
 	// addresses differ in their low bits.
-	if !aligned(r.Desc.Buf, 8) || !aligned(r.Avail.Buf, 4) || !aligned(r.Used.Buf, 4) {
+	if !aligned(r.Desc.Buf, 8) || !aligned(r.Driver.Buf, 4) || !aligned(r.Device.Buf, 4) {
 		return ringView{}, fmt.Errorf("virtqueue: ring memory is not aligned in the CPU's address space")
 	}
 	n := int(r.Size)
@@ -43,12 +43,12 @@ func newView(r Rings) (ringView, error) {
 	return ringView{
 		size:      r.Size,
 		desc:      unsafe.Slice((*Desc)(unsafe.Pointer(&r.Desc.Buf[0])), n),
-		availHdr:  (*uint32)(unsafe.Pointer(&r.Avail.Buf[0])),
-		availRing: unsafe.Slice((*uint16)(unsafe.Pointer(&r.Avail.Buf[4])), n),
-		usedEvent: (*uint32)(unsafe.Pointer(&r.Avail.Buf[4+2*n])),
-		usedHdr:   (*uint32)(unsafe.Pointer(&r.Used.Buf[0])),
-		usedRing:  unsafe.Slice((*UsedElem)(unsafe.Pointer(&r.Used.Buf[4])), n),
-		availEvnt: (*uint32)(unsafe.Pointer(&r.Used.Buf[4+8*n])),
+		availHdr:  (*uint32)(unsafe.Pointer(&r.Driver.Buf[0])),
+		availRing: unsafe.Slice((*uint16)(unsafe.Pointer(&r.Driver.Buf[4])), n),
+		usedEvent: (*uint32)(unsafe.Pointer(&r.Driver.Buf[4+2*n])),
+		usedHdr:   (*uint32)(unsafe.Pointer(&r.Device.Buf[0])),
+		usedRing:  unsafe.Slice((*UsedElem)(unsafe.Pointer(&r.Device.Buf[4])), n),
+		availEvnt: (*uint32)(unsafe.Pointer(&r.Device.Buf[4+8*n])),
 	}, nil
 }
 
