@@ -18,7 +18,7 @@ var ErrBadChain = errors.New("virtqueue: malformed descriptor chain")
 // Chain is one chain a device popped: the driver's buffers, translated.
 // Its slices are reused by the next Pop into the same Chain.
 type Chain struct {
-	ID    uint16 // the buffer id to Push (split: the head descriptor)
+	ID    uint16   // the buffer id to Push (split: the head descriptor)
 	Read  [][]byte // device-readable buffers, in order
 	Write [][]byte // device-writable buffers, in order
 }
