@@ -155,8 +155,40 @@ func (m *Mbuf) CopyOut(dst []byte) int {
 	return k
 }
 
-// Ref adds a reference to this buffer (not the chain).
-func (m *Mbuf) Ref() { m.refs.Add(1) }
+// Ref adds a reference to every buffer of the chain, so that a packet
+// shared by two owners survives until both have called Free.
+func (m *Mbuf) Ref() {
+	for b := m; b != nil; b = b.next {
+		b.refs.Add(1)
+	}
+}
+
+// Shared reports whether any buffer of the chain has another owner: its
+// bytes, headroom included, must not be written in place.
+func (m *Mbuf) Shared() bool {
+	for b := m; b != nil; b = b.next {
+		if b.refs.Load() > 1 {
+			return true
+		}
+	}
+	return false
+}
+
+// CopyBack copies src into the chain's data starting at byte off of the
+// packet, as xnu's mbuf_copyback does within existing data, and returns the
+// number of bytes copied (fewer when the packet ends first).
+func (m *Mbuf) CopyBack(off int, src []byte) int {
+	k := 0
+	for b := m; b != nil && k < len(src); b = b.next {
+		if off >= b.n {
+			off -= b.n
+			continue
+		}
+		k += copy(b.buf[b.off+off:b.off+b.n], src[k:])
+		off = 0
+	}
+	return k
+}
 
 // Free drops a reference to each buffer of the chain; a buffer whose last
 // reference goes returns to its pool.
@@ -288,6 +320,39 @@ func (p *Pool) GetBatch(dst []*Mbuf) int {
 		p.init(m)
 	}
 	return n
+}
+
+// AllocPacket returns a chain of fresh buffers holding n bytes of
+// (unwritten) data, the first with the pool's headroom and the rest full
+// from their first byte, as xnu's mbuf_allocpacket does; nil when the pool
+// has too few buffers (nothing is taken then) or n < 1.
+func (p *Pool) AllocPacket(n int) *Mbuf {
+	if n < 1 {
+		return nil
+	}
+	need := 1
+	if rest := n - (p.bufSize - p.headroom); rest > 0 {
+		need += (rest + p.bufSize - 1) / p.bufSize
+	}
+	p.mu.Lock()
+	if need > len(p.free) {
+		p.mu.Unlock()
+		return nil
+	}
+	bufs := p.free[len(p.free)-need:]
+	p.free = p.free[:len(p.free)-need]
+	p.mu.Unlock()
+	left := n
+	for i, m := range bufs {
+		p.init(m)
+		if i > 0 {
+			m.off = 0
+			bufs[i-1].next = m
+		}
+		m.n = min(left, len(m.buf)-m.off)
+		left -= m.n
+	}
+	return bufs[0]
 }
 
 func (p *Pool) init(m *Mbuf) {

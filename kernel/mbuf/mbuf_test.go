@@ -236,3 +236,60 @@ func TestFreeBatch(t *testing.T) {
 		t.Fatalf("FreeBatch allocated %v times", a)
 	}
 }
+
+func TestAllocPacketAndCopyBack(t *testing.T) {
+	p := newPool(t, 8)
+	for _, n := range []int{1, 1920, 1921, 2048 + 1920, 2048 + 1921, 9014} {
+		m := p.AllocPacket(n)
+		if m == nil {
+			t.Fatalf("AllocPacket(%d) = nil", n)
+		}
+		want := 1 + (max(n-1920, 0)+2047)/2048
+		if m.PktLen() != n || m.Segs() != want || m.Headroom() != 128 {
+			t.Fatalf("AllocPacket(%d): len %d in %d buffers (want %d), headroom %d", n, m.PktLen(), m.Segs(), want, m.Headroom())
+		}
+		src := make([]byte, n)
+		for i := range src {
+			src[i] = byte(i * 7)
+		}
+		if k := m.CopyBack(0, src); k != n {
+			t.Fatalf("CopyBack copied %d of %d", k, n)
+		}
+		if k := m.CopyBack(n-1, []byte{1, 2}); k != 1 {
+			t.Fatalf("CopyBack past the end copied %d", k)
+		}
+		src[n-1] = 1
+		got := make([]byte, n)
+		if m.CopyOut(got); !bytes.Equal(got, src) {
+			t.Fatalf("AllocPacket(%d): data differs after CopyBack", n)
+		}
+		m.Free()
+	}
+	if m := p.AllocPacket(9 * 2048); m != nil || p.Avail() != 8 {
+		t.Fatalf("AllocPacket beyond the pool: %v, %d free", m, p.Avail())
+	}
+	if m := p.AllocPacket(0); m != nil {
+		t.Fatal("AllocPacket(0) returned a packet")
+	}
+}
+
+func TestChainRefs(t *testing.T) {
+	p := newPool(t, 2)
+	m := p.Get()
+	m.SetNext(p.Get())
+	if m.Shared() {
+		t.Fatal("a fresh chain is shared")
+	}
+	m.Ref()
+	if !m.Shared() || !m.Next().Shared() {
+		t.Fatal("Ref did not reference the whole chain")
+	}
+	m.Free() // the first owner
+	if p.Avail() != 0 || m.Shared() {
+		t.Fatalf("after one of two Frees: %d free, shared %v", p.Avail(), m.Shared())
+	}
+	m.Free() // the second: the whole chain comes back, no double free
+	if p.Avail() != 2 {
+		t.Fatalf("after both Frees: %d of 2 free", p.Avail())
+	}
+}

@@ -15,6 +15,7 @@ var (
 	ErrLinkDown   = errors.New("devmodel: link down, frame dropped")
 	ErrFiltered   = errors.New("devmodel: frame filtered by the rx mode")
 	ErrBacklog    = errors.New("devmodel: rx backlog full, frame dropped")
+	ErrTooBig     = errors.New("devmodel: frame exceeds the negotiated MTU, dropped")
 )
 
 // Deliver hands the device a frame from the wire. It is written into the
@@ -61,6 +62,8 @@ func (n *Net) admitLocked(frame []byte) error {
 		err = ErrLinkDown
 	case !n.acceptLocked(frame):
 		err = ErrFiltered
+	case n.maxFrameLocked(frame) != 0 && len(frame) > n.maxFrameLocked(frame):
+		err = ErrTooBig
 	default:
 		return nil
 	}
@@ -177,6 +180,12 @@ func (n *Net) rxOneLocked(frame []byte) bool {
 		if used == 0 {
 			first = n.chain.Write[0]
 		}
+		if need := virtionet.HeaderLen + int(n.opts.MTU) + 14; !mrg && n.drvFeatures.Has(virtionet.FMTU) && n.chain.WritableLen() < need {
+			// Spec 5.1.4.2: with VIRTIO_NET_F_MTU the driver must post
+			// buffers that take an MTU-sized packet.
+			n.violationLocked(fmt.Errorf("rx buffer of %d bytes cannot take an MTU %d frame (%d bytes with the header, spec 5.1.4.2)",
+				n.chain.WritableLen(), n.opts.MTU, need))
+		}
 		w := 0
 		for _, b := range n.chain.Write {
 			w += copy(b, stream[off+w:])
@@ -259,8 +268,12 @@ func (n *Net) txLocked() {
 				n.failLocked(fmt.Errorf("tx header asks for offloads that were not negotiated: %+v", h.Fields()))
 				return
 			}
+			frame := pkt[virtionet.HeaderLen:]
+			if max := n.maxFrameLocked(frame); max != 0 && len(frame) > max {
+				n.violationLocked(fmt.Errorf("driver sent a %d-byte frame over an MTU of %d (spec 5.1.4.2)", len(frame), n.opts.MTU))
+			}
 			if n.opts.Tx != nil {
-				n.opts.Tx(pkt[virtionet.HeaderLen:])
+				n.opts.Tx(frame)
 			}
 			n.stats.TxFrames++
 			n.pushLocked(txq, n.chain.ID, 0)
@@ -299,7 +312,9 @@ func (n *Net) ctrlLocked() {
 			return
 		}
 		ack := byte(1)
-		if cmd[0] == 0 && (cmd[1] == 0 || cmd[1] == 1) && len(cmd) == 3 && n.drvFeatures.Has(virtionet.FCtrlRx) {
+		if r := n.faults.rejectCtrl; r != nil && r(cmd[0], cmd[1]) {
+			// Answered with VIRTIO_NET_ERR below.
+		} else if cmd[0] == 0 && (cmd[1] == 0 || cmd[1] == 1) && len(cmd) == 3 && n.drvFeatures.Has(virtionet.FCtrlRx) {
 			on := cmd[2] != 0
 			if cmd[1] == 0 {
 				n.promisc = on

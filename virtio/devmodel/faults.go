@@ -16,6 +16,8 @@ type faults struct {
 	usedIdxJumpQueue int
 	tornReads        int  // config reads that see the generation change
 	refuseFeatures   bool // FEATURES_OK does not stick
+	holdCtrl         bool // control-queue kicks are left unanswered
+	rejectCtrl       func(class, cmd uint8) bool
 }
 
 // Queue numbers for fault injection.
@@ -83,6 +85,26 @@ func (n *Net) SetConfig(b [virtionet.ConfigSize]byte) {
 	defer n.mu.Unlock()
 	n.config = b
 	n.generation++
+}
+
+// HoldCtrl makes the device leave control commands unanswered while on, as
+// a slow or wedged device would; turning it off answers what is waiting at
+// once, late.
+func (n *Net) HoldCtrl(on bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.faults.holdCtrl = on
+	if !on && n.status&virtio.StatusDriverOK != 0 && n.status&virtio.StatusNeedsReset == 0 && n.q[ctrlq].dev != nil {
+		n.ctrlLocked()
+	}
+}
+
+// RejectCtrl makes the device answer VIRTIO_NET_ERR to the control
+// commands reject picks (nil: none beyond those it does not know).
+func (n *Net) RejectCtrl(reject func(class, cmd uint8) bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.faults.rejectCtrl = reject
 }
 
 // RefuseFeaturesOK makes the device refuse FEATURES_OK whatever the driver

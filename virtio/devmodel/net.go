@@ -14,6 +14,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/nke-harness/nke/virtio"
@@ -139,6 +140,7 @@ func (n *Net) resetLocked() {
 	n.waitKick = false
 	n.promisc, n.allmulti = true, false
 	n.faults.usedIdxJump, n.faults.usedID, n.faults.oversize = 0, -1, 0
+	n.faults.holdCtrl = false
 }
 
 // Name implements virtio.Transport.
@@ -177,6 +179,14 @@ func (n *Net) SetStatus(s uint8) {
 	if s&virtio.StatusFeaturesOK != 0 && n.status&virtio.StatusFeaturesOK == 0 {
 		if n.drvFeatures&^n.opts.Features != 0 || n.faults.refuseFeatures {
 			s &^= virtio.StatusFeaturesOK
+		}
+		// Spec 2.2.1: the driver must not accept a feature whose
+		// prerequisite it did not accept. QEMU takes such a set anyway
+		// (and the guest then fails in its own way), so this is recorded
+		// as a driver error, not refused.
+		if r, bad := virtionet.Unmet(n.drvFeatures); bad {
+			n.violationLocked(fmt.Errorf("driver accepted %s without %s (spec 5.1.3.1)",
+				virtionet.FeatureList(1 << r.Feature)[0], strings.Join(virtionet.FeatureList(features(r.AnyOf)), " or ")))
 		}
 	}
 	if s&virtio.StatusDriverOK != 0 && n.status&virtio.StatusDriverOK == 0 {
@@ -308,10 +318,37 @@ func (n *Net) Err() error {
 }
 
 func (n *Net) failLocked(err error) {
+	n.violationLocked(err)
+	n.status |= virtio.StatusNeedsReset
+}
+
+// violationLocked records a driver error the device does not act on.
+func (n *Net) violationLocked(err error) {
 	if n.err == nil {
 		n.err = err
 	}
-	n.status |= virtio.StatusNeedsReset
+}
+
+func features(list []virtio.Feature) virtio.Features {
+	var fs virtio.Features
+	for _, f := range list {
+		fs = fs.With(f)
+	}
+	return fs
+}
+
+// maxFrameLocked is the largest frame the negotiated MTU allows (spec
+// 5.1.4.1: the device must not pass, nor the driver transmit, more), VLAN
+// tag included when the frame carries one; 0 without VIRTIO_NET_F_MTU.
+func (n *Net) maxFrameLocked(frame []byte) int {
+	if !n.drvFeatures.Has(virtionet.FMTU) {
+		return 0
+	}
+	max := int(n.opts.MTU) + 14
+	if len(frame) >= 14 && frame[12] == 0x81 && frame[13] == 0x00 {
+		max += 4
+	}
+	return max
 }
 
 // Stats returns what the device counted.
@@ -372,7 +409,9 @@ func (n *Net) kick(q int) {
 	case txq:
 		n.txLocked()
 	case ctrlq:
-		n.ctrlLocked()
+		if !n.faults.holdCtrl {
+			n.ctrlLocked()
+		}
 	}
 }
 

@@ -96,7 +96,11 @@ func (d *Device) command(class, cmd uint8, data []byte) error {
 	// Always kick: the command is synchronous and the device may not poll.
 	d.stats.ctrlKicks.Add(1)
 	c.kick.Notify()
-	deadline := time.Now().Add(ctrlTimeout)
+	timeout := d.opts.CtrlTimeout
+	if timeout <= 0 {
+		timeout = ctrlTimeout
+	}
+	deadline := time.Now().Add(timeout)
 	for {
 		n, err := c.q.Reap(c.used[:])
 		if err != nil {
@@ -106,7 +110,7 @@ func (d *Device) command(class, cmd uint8, data []byte) error {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("control command %d/%d: no answer within %v: %w", class, cmd, ctrlTimeout, virtio.ErrDeviceBroken)
+			return fmt.Errorf("control command %d/%d: no answer within %v: %w", class, cmd, timeout, virtio.ErrDeviceBroken)
 		}
 		runtime.Gosched()
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nke-harness/nke/kernel/dma"
 	"github.com/nke-harness/nke/kernel/mbuf"
@@ -45,6 +46,9 @@ type Options struct {
 	Refuse virtio.Features
 	// PoolBuffers sizes the packet pool; 0 sizes it from the queues.
 	PoolBuffers int
+	// CtrlTimeout bounds the wait for the device to answer a control
+	// command (default 2s).
+	CtrlTimeout time.Duration
 }
 
 // Device is a virtio-net device driven in poll mode.

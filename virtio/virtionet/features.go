@@ -33,7 +33,12 @@ const (
 	FGuestAnnounce     virtio.Feature = 21
 	FMQ                virtio.Feature = 22
 	FCtrlMACAddr       virtio.Feature = 23
+	FGuestUSO4         virtio.Feature = 54
+	FGuestUSO6         virtio.Feature = 55
+	FHostUSO           virtio.Feature = 56
 	FHashReport        virtio.Feature = 57
+	FVQNotfCoal        virtio.Feature = 52
+	FNotfCoal          virtio.Feature = 53
 	FRSS               virtio.Feature = 60
 	FRSCExt            virtio.Feature = 61
 	FStandby           virtio.Feature = 62
@@ -49,6 +54,8 @@ var FeatureNames = map[virtio.Feature]string{
 	FMrgRxbuf: "MRG_RXBUF", FStatus: "STATUS", FCtrlVQ: "CTRL_VQ", FCtrlRx: "CTRL_RX",
 	FCtrlVLAN: "CTRL_VLAN", FCtrlRxExtra: "CTRL_RX_EXTRA", FGuestAnnounce: "GUEST_ANNOUNCE",
 	FMQ: "MQ", FCtrlMACAddr: "CTRL_MAC_ADDR", FHashReport: "HASH_REPORT", FRSS: "RSS",
+	FVQNotfCoal: "VQ_NOTF_COAL", FNotfCoal: "NOTF_COAL", FGuestUSO4: "GUEST_USO4",
+	FGuestUSO6: "GUEST_USO6", FHostUSO: "HOST_USO",
 	FRSCExt: "RSC_EXT", FStandby: "STANDBY", FSpeedDuplex: "SPEED_DUPLEX",
 }
 
@@ -62,6 +69,64 @@ const Supported = 1<<virtio.FVersion1 | 1<<virtio.FAccessPlatform |
 
 // Required must be offered or the device is refused.
 const Required = 1 << virtio.FVersion1
+
+// Requirement is one feature dependency of spec 5.1.3.1 "Feature bit
+// requirements": Feature may only be accepted with at least one of AnyOf.
+type Requirement struct {
+	Feature virtio.Feature
+	AnyOf   []virtio.Feature
+}
+
+// Requirements lists every dependency between virtio-net feature bits: the
+// spec's table, plus HASH_REPORT on CTRL_VQ (Linux's
+// virtnet_validate_features insists, as the hash configuration travels over
+// the control queue) and CTRL_RX_EXTRA on CTRL_RX (its commands are in the
+// CTRL_RX class).
+var Requirements = []Requirement{
+	{FGuestTSO4, []virtio.Feature{FGuestCsum}},
+	{FGuestTSO6, []virtio.Feature{FGuestCsum}},
+	{FGuestECN, []virtio.Feature{FGuestTSO4, FGuestTSO6}},
+	{FGuestUFO, []virtio.Feature{FGuestCsum}},
+	{FGuestUSO4, []virtio.Feature{FGuestCsum}},
+	{FGuestUSO6, []virtio.Feature{FGuestCsum}},
+	{FHostTSO4, []virtio.Feature{FCsum}},
+	{FHostTSO6, []virtio.Feature{FCsum}},
+	{FHostECN, []virtio.Feature{FHostTSO4, FHostTSO6}},
+	{FHostUFO, []virtio.Feature{FCsum}},
+	{FHostUSO, []virtio.Feature{FCsum}},
+	{FCtrlGuestOffloads, []virtio.Feature{FCtrlVQ}},
+	{FCtrlRx, []virtio.Feature{FCtrlVQ}},
+	{FCtrlRxExtra, []virtio.Feature{FCtrlRx}},
+	{FCtrlVLAN, []virtio.Feature{FCtrlVQ}},
+	{FGuestAnnounce, []virtio.Feature{FCtrlVQ}},
+	{FMQ, []virtio.Feature{FCtrlVQ}},
+	{FCtrlMACAddr, []virtio.Feature{FCtrlVQ}},
+	{FNotfCoal, []virtio.Feature{FCtrlVQ}},
+	{FVQNotfCoal, []virtio.Feature{FCtrlVQ}},
+	{FRSCExt, []virtio.Feature{FHostTSO4, FHostTSO6}},
+	{FRSS, []virtio.Feature{FCtrlVQ}},
+	{FHashReport, []virtio.Feature{FCtrlVQ}},
+}
+
+// Unmet returns the first requirement fs violates, or false if fs is
+// consistent.
+func Unmet(fs virtio.Features) (Requirement, bool) {
+	for _, r := range Requirements {
+		if fs.Has(r.Feature) && !anyOf(fs, r.AnyOf) {
+			return r, true
+		}
+	}
+	return Requirement{}, false
+}
+
+func anyOf(fs virtio.Features, list []virtio.Feature) bool {
+	for _, f := range list {
+		if fs.Has(f) {
+			return true
+		}
+	}
+	return false
+}
 
 // FeatureList names the set bits of fs, device-specific and reserved.
 func FeatureList(fs virtio.Features) []string { return fs.Names(FeatureNames) }
