@@ -106,7 +106,7 @@ func (n *Net) acceptLocked(frame []byte) bool {
 		bcast := frame[0]&frame[1]&frame[2]&frame[3]&frame[4]&frame[5] == 0xff
 		return bcast || n.allmulti
 	}
-	return [6]byte(frame[:6]) == [6]byte(n.config[:6])
+	return [6]byte(frame[:6]) == n.filterMAC
 }
 
 func (n *Net) queueLocked(frame []byte) error {
@@ -153,8 +153,7 @@ func (n *Net) rxOneLocked(frame []byte) bool {
 	stream := append(n.scratch[:0], hdr[:]...)
 	stream = append(stream, frame...)
 	n.scratch = stream[:0]
-	var heads [64]uint16
-	var lens [64]uint32
+	heads, lens := &n.rxHeads, &n.rxLens
 	used, off := 0, 0
 	var first []byte // the first buffer, where the header goes
 	for off < len(stream) {
@@ -202,6 +201,10 @@ func (n *Net) rxOneLocked(frame []byte) bool {
 			return true
 		}
 		virtionet.Header(first).SetNumBuffers(uint16(used))
+	}
+	if fn := n.faults.mangleRx; fn != nil && len(first) >= virtionet.HeaderLen {
+		n.faults.mangleRx = nil
+		fn(virtionet.Header(first[:virtionet.HeaderLen]), lens[:used])
 	}
 	for i := 0; i < used; i++ {
 		n.pushLocked(rxq, heads[i], lens[i])
@@ -321,6 +324,10 @@ func (n *Net) ctrlLocked() {
 			} else {
 				n.allmulti = on
 			}
+			ack = 0
+		} else if cmd[0] == 1 && cmd[1] == 1 && len(cmd) == 8 && n.drvFeatures.Has(virtionet.FCtrlMACAddr) {
+			// VIRTIO_NET_CTRL_MAC_ADDR_SET, spec 5.1.6.5.2.
+			n.filterMAC = [6]byte(cmd[2:])
 			ack = 0
 		}
 		n.chain.Write[0][0] = ack

@@ -17,6 +17,7 @@ type faults struct {
 	tornReads        int  // config reads that see the generation change
 	refuseFeatures   bool // FEATURES_OK does not stick
 	holdCtrl         bool // control-queue kicks are left unanswered
+	mangleRx         func(hdr virtionet.Header, lens []uint32)
 	rejectCtrl       func(class, cmd uint8) bool
 }
 
@@ -105,6 +106,16 @@ func (n *Net) RejectCtrl(reject func(class, cmd uint8) bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.faults.rejectCtrl = reject
+}
+
+// MangleNextRx lets fn rewrite the next received packet as the device
+// reports it: the virtio-net header in its first buffer, and the used
+// length of each buffer it took. Lengths are not checked against the
+// buffers: that is the driver's job.
+func (n *Net) MangleNextRx(fn func(hdr virtionet.Header, lens []uint32)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.faults.mangleRx = fn
 }
 
 // RefuseFeaturesOK makes the device refuse FEATURES_OK whatever the driver

@@ -85,11 +85,19 @@ type Net struct {
 	// +checklocks:mu
 	waitKick bool // rx ran empty: queued frames wait for a kick (QEMU)
 	// +checklocks:mu
-	promisc, allmulti bool
+	promisc bool
+	// +checklocks:mu
+	allmulti bool
+	// +checklocks:mu
+	filterMAC [6]byte // unicast the rx filter passes: config's, or CTRL_MAC_ADDR's
 	// +checklocks:mu
 	chain virtqueue.Chain
 	// +checklocks:mu
 	scratch []byte
+	// +checklocks:mu
+	rxHeads [64]uint16 // the buffers one received frame takes
+	// +checklocks:mu
+	rxLens [64]uint32
 	// +checklocks:mu
 	faults faults
 	// +checklocks:mu
@@ -139,6 +147,7 @@ func (n *Net) resetLocked() {
 	n.backlogHead, n.backlogN = 0, 0
 	n.waitKick = false
 	n.promisc, n.allmulti = true, false
+	n.filterMAC = [6]byte(n.config[:6])
 	n.faults.usedIdxJump, n.faults.usedID, n.faults.oversize = 0, -1, 0
 	n.faults.holdCtrl = false
 }
@@ -374,6 +383,13 @@ func (n *Net) QueueSize(q int) uint16 {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.q[q].size
+}
+
+// FilterMAC is the unicast address the device's receive filter passes.
+func (n *Net) FilterMAC() [6]byte {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.filterMAC
 }
 
 // RxMode reports the promiscuous and all-multicast settings.

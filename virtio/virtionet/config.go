@@ -57,10 +57,9 @@ func ParseConfig(b []byte, fs virtio.Features) (Config, error) {
 		c.MAC = mac
 	}
 	if fs.Has(FStatus) {
-		c.Status = binary.LittleEndian.Uint16(b[6:])
-		if c.Status&^(StatusLinkUp|StatusAnnounce) != 0 {
-			return Config{}, fmt.Errorf("%w: status %#x has undefined bits", ErrConfig, c.Status)
-		}
+		// Bits a later spec may define mean nothing to this driver:
+		// ignored, as Linux does, rather than refusing the device.
+		c.Status = binary.LittleEndian.Uint16(b[6:]) & (StatusLinkUp | StatusAnnounce)
 	} else {
 		c.Status = StatusLinkUp // spec: without STATUS the link is assumed up
 	}

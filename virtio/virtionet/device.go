@@ -1,8 +1,11 @@
 package virtionet
 
 import (
+	"bytes"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,19 +24,27 @@ const (
 	ctrlQueue = 2
 )
 
-// Buffer geometry. Every rx buffer holds a whole 1514-byte frame (plus a
-// VLAN tag) after its header, so MRG_RXBUF is only needed for frames above
-// the MTU; the headroom leaves NKEs room to prepend encapsulation headers
+// Buffer geometry. A transmitted packet's buffers and, with MRG_RXBUF, a
+// received packet's come from pools of 2 KiB buffers; without MRG_RXBUF
+// each rx buffer holds a whole frame of the MTU (plus a VLAN tag) after its
+// header. The headroom leaves NKEs room to prepend encapsulation headers
 // without copying.
 const (
 	BufSize  = 2048
 	Headroom = 128
-	// MaxTxSegs is the most buffers one transmitted packet may span
-	// before it is copied into one.
+	// MaxTxSegs is the smallest indirect table: the most descriptors (the
+	// header's included) one transmitted packet may take before it is
+	// copied into fewer buffers. It grows with the MTU so that a
+	// compacted packet of the MTU always fits.
 	MaxTxSegs = 16
-	// DefaultMTU is the IP MTU used unless the device offers a smaller one.
+	// DefaultMTU is the IP MTU used without VIRTIO_NET_F_MTU.
 	DefaultMTU = 1500
-	ethHdrLen  = 14
+	// MaxRxBufSize bounds one rx buffer: without MRG_RXBUF a device MTU
+	// needing more is declined.
+	MaxRxBufSize = 16 << 10
+	ethHdrLen    = 14
+	vlanTagLen   = 4
+	minMTU       = 68 // spec 5.1.4.1: the device must not report less
 )
 
 // Options tune a Device. The zero value is usable.
@@ -44,42 +55,68 @@ type Options struct {
 	// Refuse lists offered features the driver must not accept, for
 	// experiments and the device-option test matrix.
 	Refuse virtio.Features
-	// PoolBuffers sizes the packet pool; 0 sizes it from the queues.
-	PoolBuffers int
+	// RxBuffers and TxBuffers size the receive and transmit pools; 0
+	// sizes them from the queues. The pools are separate so that packets
+	// waiting to be sent can never starve the rx ring of buffers.
+	RxBuffers, TxBuffers int
 	// CtrlTimeout bounds the wait for the device to answer a control
-	// command (default 2s).
+	// command (default 2s). A command left unanswered takes the control
+	// queue out of service until the device is reset: Health reports it.
 	CtrlTimeout time.Duration
+}
+
+// Decline is an offered feature the driver did not accept, and why.
+type Decline struct {
+	Feature virtio.Feature
+	Reason  string
+}
+
+func (d Decline) String() string {
+	return FeatureList(1 << d.Feature)[0] + ": " + d.Reason
 }
 
 // Device is a virtio-net device driven in poll mode.
 type Device struct {
-	t    virtio.Transport
-	mem  dma.Allocator
-	opts Options
-	pool *mbuf.Pool
+	t      virtio.Transport
+	mem    dma.Allocator
+	opts   Options
+	rxPool *mbuf.Pool // rx ring buffers only
+	txPool *mbuf.Pool // handed out by Pool for packets to send
 
 	offered  virtio.Features
 	features virtio.Features
+	declined []Decline
 	cfg      Config
+	mac      net.HardwareAddr // from the device, or random and local
 	mtu      int
-	maxFrame int // largest frame sent or received, without the virtio header
+	// rxPostLen is how much of an rx buffer the device may write (the
+	// header included); rxBufSize the pool's buffer size it comes from.
+	rxPostLen uint32
+	rxBufSize int
+	// maxRxBufs is the most buffers one received packet may span.
+	maxRxBufs int
+	// txTableSize is the number of descriptors in each indirect table.
+	txTableSize int
 
 	rx, tx           virtqueue.Ring
 	rxRings, txRings virtqueue.Rings
 	rxKick, txKick   virtio.Notifier
-	rxBufs           []*mbuf.Mbuf // rx buffer of each descriptor head
-	txBufs           []*mbuf.Mbuf // packet of each tx head
-	txTables         []dma.Block  // indirect table of each tx head
-	zeroHdr          dma.Block    // the (all-zero) header of chained tx packets
+	rxBufs           []*mbuf.Mbuf // rx buffer of each id
+	txBufs           []*mbuf.Mbuf // packet of each tx id
+	txTables         []dma.Block  // indirect table of each tx id
+	zeroHdr          dma.Block    // the (all-zero) header of packets without headroom
 	used             []virtqueue.Used
 	refill           []*mbuf.Mbuf
 	txDone           []*mbuf.Mbuf // reclaimed packets, freed as a batch
 	segs             []virtqueue.Seg
 
 	// A packet spanning several rx buffers (MRG_RXBUF) whose later buffers
-	// have not been reaped yet.
+	// have not been reaped yet: partialLeft buffers to come, partialLen
+	// bytes so far, and whether it is dropped once complete (too big).
 	partial, partialTail *mbuf.Mbuf
 	partialLeft          int
+	partialLen           int
+	partialDrop          bool
 
 	ctrlMu sync.Mutex
 	// +checklocks:ctrlMu
@@ -112,7 +149,12 @@ func Open(t virtio.Transport, mem dma.Allocator, opts Options) (*Device, error) 
 }
 
 // negotiate runs spec 3.1.1 steps 1-6: reset, ACKNOWLEDGE, DRIVER, feature
-// negotiation, FEATURES_OK, then reads the configuration.
+// negotiation, FEATURES_OK, and reads the configuration. The accepted set
+// is what the driver supports, minus what it was told to refuse, minus
+// what the configuration rules out (an unusable MTU), minus every feature
+// whose prerequisite is then missing (spec 5.1.3.1): a device offering an
+// inconsistent set is driven with less, and each feature declined is
+// recorded with its reason.
 func (d *Device) negotiate() error {
 	t := d.t
 	if err := t.Reset(); err != nil {
@@ -120,14 +162,47 @@ func (d *Device) negotiate() error {
 	}
 	t.SetStatus(virtio.StatusAcknowledge)
 	t.SetStatus(virtio.StatusAcknowledge | virtio.StatusDriver)
-	d.offered = t.DeviceFeatures()
-	if d.offered&Required != Required {
+	offered := t.DeviceFeatures()
+	if offered&Required != Required {
 		t.SetStatus(t.Status() | virtio.StatusFailed)
 		return &OpError{Op: "negotiate features", Dev: t.Name(), Err: fmt.Errorf(
 			"device does not offer VIRTIO_F_VERSION_1 (bit 32): legacy virtio is not supported, use a modern device (disable-legacy=on): %w",
 			virtio.ErrNotSupported)}
 	}
-	want := d.offered & Supported &^ d.opts.Refuse
+	var declined []Decline
+	decline := func(f virtio.Feature, format string, args ...any) {
+		declined = append(declined, Decline{f, fmt.Sprintf(format, args...)})
+	}
+	want := offered & Supported &^ d.opts.Refuse
+	if want.Has(virtio.FAccessPlatform) && translated(t) {
+		// The rings hold guest-physical addresses; behind an IOMMU the
+		// device would need I/O virtual ones, which this driver does not
+		// program.
+		want &^= 1 << virtio.FAccessPlatform
+		decline(virtio.FAccessPlatform, "an IOMMU translates the device's DMA and the driver does not program it")
+	}
+	// Spec 3.1.1 step 4: the configuration may be read before
+	// FEATURES_OK, to check the device can be driven.
+	raw, err := readConfig(t, make([]byte, ConfigSize))
+	var cfg Config
+	if err == nil {
+		cfg, err = ParseConfig(raw, want)
+	}
+	if err != nil {
+		t.SetStatus(t.Status() | virtio.StatusFailed)
+		return &OpError{Op: "read config", Dev: t.Name(), Err: err}
+	}
+	if want.Has(FMTU) {
+		switch need := rxBufSizeFor(int(cfg.MTU), false); {
+		case cfg.MTU < minMTU:
+			want &^= 1 << FMTU
+			decline(FMTU, "the device reports MTU %d, below the minimum of %d", cfg.MTU, minMTU)
+		case !want.Has(FMrgRxbuf) && need > MaxRxBufSize:
+			want &^= 1 << FMTU
+			decline(FMTU, "MTU %d needs %d-byte receive buffers without MRG_RXBUF, more than the %d this driver posts", cfg.MTU, need, MaxRxBufSize)
+		}
+	}
+	want, declined = settle(want, offered, declined)
 	want |= Required
 	t.SetDriverFeatures(want)
 	t.SetStatus(virtio.StatusAcknowledge | virtio.StatusDriver | virtio.StatusFeaturesOK)
@@ -135,28 +210,110 @@ func (d *Device) negotiate() error {
 		t.SetStatus(t.Status() | virtio.StatusFailed)
 		return &OpError{Op: "negotiate features", Dev: t.Name(), Err: fmt.Errorf(
 			"device refused FEATURES_OK for %s (offered %s): %w",
-			strings.Join(FeatureList(want), ","), strings.Join(FeatureList(d.offered), ","), virtio.ErrNotSupported)}
+			strings.Join(FeatureList(want), ","), strings.Join(FeatureList(offered), ","), virtio.ErrNotSupported)}
 	}
 	if d.features != 0 && d.features != want {
 		return &OpError{Op: "negotiate features", Dev: t.Name(), Err: fmt.Errorf(
 			"device offers %s after reset, %s before: %w", want, d.features, virtio.ErrDeviceBroken)}
 	}
-	d.features = want
-	raw, err := readConfig(t, make([]byte, ConfigSize))
-	if err == nil {
-		d.cfg, err = ParseConfig(raw, want)
-	}
-	if err != nil {
+	if err := d.adopt(cfg, want); err != nil {
 		t.SetStatus(t.Status() | virtio.StatusFailed)
 		return &OpError{Op: "read config", Dev: t.Name(), Err: err}
 	}
-	d.mtu = DefaultMTU
-	if want.Has(FMTU) && int(d.cfg.MTU) < d.mtu {
-		d.mtu = int(d.cfg.MTU)
-	}
-	d.maxFrame = d.mtu + ethHdrLen + 4 // a VLAN tag fits
-	d.info.Store(&info{Features: d.features, Offered: d.offered, MAC: d.cfg.MAC, MTU: d.mtu})
+	d.offered, d.features, d.declined, d.cfg = offered, want, declined, cfg
+	d.info.Store(&info{Features: d.features, Offered: d.offered, Declined: declined, MAC: d.mac, MTU: d.mtu})
 	return nil
+}
+
+// settle removes from want every feature whose prerequisites it lacks,
+// until the set is consistent, and says why each went.
+func settle(want, offered virtio.Features, declined []Decline) (virtio.Features, []Decline) {
+	for {
+		r, bad := Unmet(want)
+		if !bad {
+			return want, declined
+		}
+		want &^= 1 << r.Feature
+		if !offered.Has(r.Feature) {
+			continue
+		}
+		names := FeatureList(features(r.AnyOf))
+		why := "not offered"
+		if anyOf(offered, r.AnyOf) {
+			why = "not accepted"
+		}
+		declined = append(declined, Decline{r.Feature, fmt.Sprintf("needs %s (%s)", strings.Join(names, " or "), why)})
+	}
+}
+
+func features(list []virtio.Feature) virtio.Features {
+	var fs virtio.Features
+	for _, f := range list {
+		fs = fs.With(f)
+	}
+	return fs
+}
+
+// translated reports whether an IOMMU sits between the device and memory,
+// for transports that can tell.
+func translated(t virtio.Transport) bool {
+	tr, ok := t.(interface{ DMATranslated() bool })
+	return ok && tr.DMATranslated()
+}
+
+// rxBufSizeFor is the pool buffer size an rx buffer needs: with
+// MRG_RXBUF a fixed 2 KiB, otherwise room for the header and a VLAN-tagged
+// frame of the MTU after the headroom, rounded to cache lines.
+func rxBufSizeFor(mtu int, mrg bool) int {
+	if mrg {
+		return BufSize
+	}
+	return max(BufSize, (Headroom+mtu+ethHdrLen+vlanTagLen+63)&^63)
+}
+
+// adopt takes the MAC and MTU from a configuration at Open and after each
+// reset. A device whose MTU changed across a reset gets it, if the rx
+// buffers (already allocated) can take it; a MAC that changed is taken
+// and reported, so that the layers above can follow.
+func (d *Device) adopt(cfg Config, fs virtio.Features) error {
+	mtu := DefaultMTU
+	if fs.Has(FMTU) {
+		mtu = int(cfg.MTU)
+	}
+	if d.rxPool != nil && !fs.Has(FMrgRxbuf) && rxBufSizeFor(mtu, false) > d.rxBufSize {
+		return fmt.Errorf("the device's MTU went from %d to %d across a reset, beyond what the %d-byte rx buffers hold: %w",
+			d.mtu, mtu, d.rxBufSize, virtio.ErrDeviceBroken)
+	}
+	if d.mtu != 0 && mtu != d.mtu {
+		d.stats.identityChanges.Add(1)
+	}
+	d.mtu = mtu
+	switch {
+	case fs.Has(FMAC):
+		if d.mac != nil && !bytes.Equal(d.mac, cfg.MAC) {
+			d.stats.identityChanges.Add(1)
+		}
+		d.mac = cfg.MAC
+	case d.mac == nil:
+		// Spec 5.1.5: without VIRTIO_NET_F_MAC the driver picks a
+		// random address; locally administered, unicast. It stays the
+		// same across resets.
+		mac := make(net.HardwareAddr, 6)
+		if _, err := rand.Read(mac); err != nil {
+			return fmt.Errorf("random MAC: %w", err)
+		}
+		mac[0] = mac[0]&^1 | 2
+		d.mac = mac
+	}
+	return nil
+}
+
+// maxFrame is the largest frame of the MTU, untagged or VLAN-tagged.
+func (d *Device) maxFrame(tagged bool) int {
+	if tagged {
+		return d.mtu + ethHdrLen + vlanTagLen
+	}
+	return d.mtu + ethHdrLen
 }
 
 func (d *Device) queueSize(q int, asked uint16) (uint16, error) {
@@ -212,28 +369,47 @@ func (d *Device) allocate() error {
 	if d.tx, err = virtqueue.New("tx0", d.txRings, d.features.Has(virtio.FEventIdx)); err != nil {
 		return fail("tx queue", err)
 	}
-	n := d.opts.PoolBuffers
-	if n == 0 {
-		// A full rx ring, a full tx ring, and as much again for packets
-		// on their way between the rings and the stack.
-		n = 2 * (int(rxSize) + int(txSize))
+	mrg := d.features.Has(FMrgRxbuf)
+	d.rxBufSize = rxBufSizeFor(d.mtu, mrg)
+	d.rxPostLen = uint32(d.rxBufSize - rxPostOff)
+	d.maxRxBufs = 1
+	if mrg {
+		// Spec 5.1.6.4.1: every buffer but the last is filled, so a
+		// packet of the MTU spans at most this many.
+		frame := HeaderLen + d.maxFrame(true)
+		d.maxRxBufs = min((frame+int(d.rxPostLen)-1)/int(d.rxPostLen), int(rxSize))
 	}
-	if d.pool, err = mbuf.NewPool(d.mem, "virtio-net", n, BufSize, Headroom); err != nil {
-		return fail("packet pool", err)
+	nrx, ntx := d.opts.RxBuffers, d.opts.TxBuffers
+	if nrx == 0 {
+		// A full ring and a burst's worth on its way to the stack.
+		nrx = int(rxSize) + max(64, int(rxSize)/4)
+	}
+	if ntx == 0 {
+		// A full tx ring and as much again queued for it.
+		ntx = 2*int(txSize) + 512
+	}
+	if d.rxPool, err = mbuf.NewPool(d.mem, "virtio-net rx", nrx, d.rxBufSize, Headroom); err != nil {
+		return fail("rx packet pool", err)
+	}
+	if d.txPool, err = mbuf.NewPool(d.mem, "virtio-net tx", ntx, BufSize, Headroom); err != nil {
+		return fail("tx packet pool", err)
 	}
 	if d.zeroHdr, err = d.mem.Alloc(HeaderLen, 16); err != nil {
 		return fail("tx header", err)
 	}
+	// A packet of the MTU compacted into tx pool buffers, plus its
+	// header, always fits one table.
+	d.txTableSize = max(MaxTxSegs, 2+(d.maxFrame(true)+BufSize-1)/BufSize)
 	if d.features.Has(virtio.FIndirectDesc) {
 		d.txTables = make([]dma.Block, txSize)
 		for i := range d.txTables {
-			if d.txTables[i], err = d.mem.Alloc(16*MaxTxSegs, 16); err != nil {
+			if d.txTables[i], err = d.mem.Alloc(16*d.txTableSize, 16); err != nil {
 				return fail("indirect tables", err)
 			}
 		}
 	}
 	if d.features.Has(FCtrlVQ) {
-		c, err := newCtrlq(d.mem, d.t.QueueMaxSize(ctrlQueue), d.features)
+		c, err := newCtrlq(d.mem, d.t.QueueMaxSize(ctrlQueue), d.features, &d.stats)
 		if err != nil {
 			return fail("control queue", err)
 		}
@@ -246,13 +422,15 @@ func (d *Device) allocate() error {
 	d.used = make([]virtqueue.Used, max(rxSize, txSize))
 	d.refill = make([]*mbuf.Mbuf, rxSize)
 	d.txDone = make([]*mbuf.Mbuf, 0, txSize)
-	d.segs = make([]virtqueue.Seg, MaxTxSegs+1)
+	d.segs = make([]virtqueue.Seg, 0, d.txTableSize)
 	return nil
 }
 
-// startLocked runs spec 3.1.1 steps 7-8: queue setup, rx fill, DRIVER_OK.
+// startLocked runs spec 3.1.1 steps 7-8: queue setup, rx fill, DRIVER_OK;
+// then it sends the control commands that restore what the driver set
+// before (receive mode, a MAC of its own), without waiting for them.
 //
-// Precondition: d.ctrlMu is held.
+// +checklocks:d.ctrlMu
 func (d *Device) startLocked() error {
 	t := d.t
 	fail := func(op string, err error) error {
@@ -281,6 +459,15 @@ func (d *Device) startLocked() error {
 	if d.rx.NeedsKick() {
 		d.rxKick.Notify()
 	}
+	if d.ctrl != nil {
+		d.ctrl.running = true
+		if !d.features.Has(FMAC) && d.features.Has(FCtrlMACAddr) {
+			// Tell the device the address the driver made up, so its
+			// receive filter passes our unicast (spec 5.1.6.5.2).
+			d.ctrl.mac = d.mac
+		}
+		d.restoreLocked()
+	}
 	return nil
 }
 
@@ -290,7 +477,8 @@ func addrs(r virtqueue.Rings) virtio.QueueAddrs {
 
 // Recover resets the device and brings it back with the same features and
 // memory after a device error or NEEDS_RESET. Packets in the rings are
-// lost (and counted); the rx ring is refilled.
+// lost (and counted); the rx ring is refilled; control commands in flight
+// fail, and the receive mode and MAC the driver set are sent again.
 func (d *Device) Recover() error {
 	d.ctrlMu.Lock()
 	defer d.ctrlMu.Unlock()
@@ -319,7 +507,7 @@ func (d *Device) Recover() error {
 	d.rx.Reset()
 	d.tx.Reset()
 	if d.ctrl != nil {
-		d.ctrl.q.Reset()
+		d.ctrl.resetLocked()
 	}
 	d.broken = nil
 	err := d.negotiate()
@@ -335,9 +523,10 @@ func (d *Device) Recover() error {
 }
 
 // Health reads device_status and reports ErrNeedsReset when the device
-// asked for a reset (spec 2.1.2) or ErrDeviceBroken when it dropped
-// DRIVER_OK or the driver refused it earlier. It costs a register read:
-// call it every few milliseconds, not per burst.
+// asked for a reset (spec 2.1.2), or ErrDeviceBroken when it dropped
+// DRIVER_OK, the driver refused it earlier, or its control queue broke or
+// left a command unanswered. It costs a register read: call it every few
+// milliseconds, not per burst.
 func (d *Device) Health() error {
 	if d.broken != nil {
 		return d.broken
@@ -349,20 +538,28 @@ func (d *Device) Health() error {
 	case s&virtio.StatusDriverOK == 0 || s&virtio.StatusFailed != 0:
 		return &OpError{Op: "health", Dev: d.t.Name(), Err: fmt.Errorf("device status %#x: %w", s, virtio.ErrDeviceBroken)}
 	}
+	d.ctrlMu.Lock()
+	defer d.ctrlMu.Unlock()
+	if c := d.ctrl; c != nil {
+		c.reapLocked()
+		if c.broken != nil {
+			return &OpError{Op: "health", Dev: d.t.Name(), Err: c.broken}
+		}
+	}
 	return nil
 }
 
 // LinkUp reads the link status from the configuration (always up without
 // VIRTIO_NET_F_STATUS). A configuration the driver cannot trust is an error.
 func (d *Device) LinkUp() (bool, error) {
-	if !d.features.Has(FStatus) {
+	if !d.Features().Has(FStatus) {
 		return true, nil
 	}
 	var b [8]byte
 	raw, err := readConfig(d.t, b[:])
 	if err == nil {
 		var c Config
-		if c, err = ParseConfig(raw, d.features&(1<<FStatus|1<<FMAC)); err == nil {
+		if c, err = ParseConfig(raw, d.Features()&(1<<FStatus|1<<FMAC)); err == nil {
 			return c.Status&StatusLinkUp != 0, nil
 		}
 	}
@@ -375,10 +572,11 @@ func (d *Device) Close() error { return d.t.Close() }
 // Name is the transport's name for the device.
 func (d *Device) Name() string { return d.t.Name() }
 
-// MAC is the device's MAC address (nil without VIRTIO_NET_F_MAC).
+// MAC is the interface's MAC address: the device's, or without
+// VIRTIO_NET_F_MAC a random locally administered one.
 func (d *Device) MAC() []byte { return d.info.Load().MAC }
 
-// MTU is the IP MTU the driver uses.
+// MTU is the IP MTU the driver uses: the device's with VIRTIO_NET_F_MTU.
 func (d *Device) MTU() int { return d.info.Load().MTU }
 
 // Features are the negotiated features.
@@ -387,11 +585,16 @@ func (d *Device) Features() virtio.Features { return d.info.Load().Features }
 // Offered are the features the device offered.
 func (d *Device) Offered() virtio.Features { return d.info.Load().Offered }
 
+// Declined lists the offered features the driver supports but did not
+// accept, with the reason for each.
+func (d *Device) Declined() []Decline { return d.info.Load().Declined }
+
 // info is what negotiation found, published for readers on other
 // goroutines (status pages) while the data-path owner may be renegotiating
 // in Recover.
 type info struct {
 	Features, Offered virtio.Features
+	Declined          []Decline
 	MAC               []byte
 	MTU               int
 }
@@ -399,9 +602,14 @@ type info struct {
 // QueueSizes returns the rx and tx queue sizes.
 func (d *Device) QueueSizes() (rx, tx uint16) { return d.rxRings.Size, d.txRings.Size }
 
-// Pool is the packet pool shared by rx and tx. Packets handed to TxBurst
-// may come from any pool.
-func (d *Device) Pool() *mbuf.Pool { return d.pool }
+// Pool is where packets to transmit should come from: its buffers are
+// DMA memory, so they go on the ring without a copy. (TxBurst takes packets
+// from any pool of DMA memory.)
+func (d *Device) Pool() *mbuf.Pool { return d.txPool }
+
+// RxPool holds the rx ring's buffers; received packets come from it and go
+// back to it when freed.
+func (d *Device) RxPool() *mbuf.Pool { return d.rxPool }
 
 // OpError is a failed driver operation on a named device.
 type OpError struct {

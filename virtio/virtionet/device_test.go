@@ -209,7 +209,8 @@ func TestRxStallRecovers(t *testing.T) {
 }
 
 func TestMergedRxBuffers(t *testing.T) {
-	r := newRig(t, devmodel.Options{}, virtionet.Options{})
+	jumbo := devmodel.Options{Features: devmodel.QEMUFeatures | 1<<virtionet.FMTU, MTU: 9000}
+	r := newRig(t, jumbo, virtionet.Options{})
 	big := frame(mac, 7, 5000) // spans three 1932-byte rx buffers
 	if err := r.dev.Deliver(big); err != nil {
 		t.Fatal(err)
@@ -232,6 +233,17 @@ func TestMergedRxBuffers(t *testing.T) {
 	}
 	if !bytes.Equal(got, big) {
 		t.Fatalf("merged packet differs (len %d)", len(got))
+	}
+	// A merged packet beyond the MTU's frame is dropped and counted, and
+	// the stream goes on: the next packet arrives whole.
+	r1 := newRig(t, devmodel.Options{}, virtionet.Options{})
+	r1.dev.Deliver(big)
+	r1.dev.Deliver(frame(mac, 1, 1514))
+	if got := r1.rxAll(1); len(got) != 1 || len(got[0]) != 1514 {
+		t.Fatalf("after an oversize merged packet: got %d frames", len(got))
+	}
+	if s := r1.drv.Stats(); s.RxDropOversize != 1 || s.DeviceErrors != 0 {
+		t.Errorf("oversize merged packet: stats %+v", s)
 	}
 	// Without MRG_RXBUF the device drops what does not fit one buffer.
 	r2 := newRig(t, devmodel.Options{}, virtionet.Options{Refuse: 1 << virtionet.FMrgRxbuf})
@@ -364,7 +376,7 @@ func TestHostileDeviceRecovery(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			r := newRig(t, devmodel.Options{}, virtionet.Options{})
-			pool := r.drv.Pool()
+			pool := r.drv.RxPool()
 			before := pool.Avail() + 256 // rx ring buffers come back on reset
 			c.inject(r.dev)
 			var err error
@@ -445,12 +457,17 @@ func TestConfigReads(t *testing.T) {
 		t.Fatalf("LinkUp with a config that never settles = %v", err)
 	}
 	r.dev.TearConfigReads(0)
-	var bad [virtionet.ConfigSize]byte
-	copy(bad[:], mac)
-	bad[6] = 0xf0 // undefined status bits
-	r.dev.SetConfig(bad)
-	if _, err := r.drv.LinkUp(); !errors.Is(err, virtionet.ErrConfig) {
-		t.Fatalf("LinkUp with garbage status = %v", err)
+	var cfg [virtionet.ConfigSize]byte
+	copy(cfg[:], mac)
+	cfg[6] = 0xf0 // undefined status bits, link down: the bits are ignored
+	r.dev.SetConfig(cfg)
+	if up, err := r.drv.LinkUp(); up || err != nil {
+		t.Fatalf("LinkUp with undefined status bits and the link down = %v, %v", up, err)
+	}
+	cfg[6] = 0xf1
+	r.dev.SetConfig(cfg)
+	if up, err := r.drv.LinkUp(); !up || err != nil {
+		t.Fatalf("LinkUp with undefined status bits and the link up = %v, %v", up, err)
 	}
 }
 
@@ -530,7 +547,7 @@ func TestRxRingDryWhenThePoolIsHeld(t *testing.T) {
 	// Exactly a ring's worth of buffers: once the stack holds them all the
 	// ring cannot be refilled; the device queues, and nothing is lost once
 	// the buffers come back.
-	r := newRig(t, devmodel.Options{}, virtionet.Options{RxQueueSize: 16, PoolBuffers: 16})
+	r := newRig(t, devmodel.Options{}, virtionet.Options{RxQueueSize: 16, RxBuffers: 16})
 	for i := 0; i < 20; i++ {
 		r.dev.Deliver(frame(mac, i, 60))
 	}

@@ -79,7 +79,7 @@ func (h *hostile) next() byte {
 func runHostile(t *testing.T, offered virtio.Features, mtu, qmax uint16, prog []byte) {
 	heap := dma.NewHeap(4 << 20)
 	dev := devmodel.New(heap, devmodel.Options{Features: offered, MTU: mtu, QueueMax: qmax, Tx: func([]byte) {}})
-	drv, err := virtionet.Open(dev, heap, virtionet.Options{PoolBuffers: 4 * int(qmax), CtrlTimeout: time.Millisecond})
+	drv, err := virtionet.Open(dev, heap, virtionet.Options{RxBuffers: 2 * int(qmax), TxBuffers: 2 * int(qmax), CtrlTimeout: time.Millisecond})
 	if err != nil {
 		if !offered.Has(virtio.FVersion1) && errors.Is(err, virtio.ErrNotSupported) {
 			return // legacy devices are refused by design
@@ -159,19 +159,23 @@ func runHostile(t *testing.T, offered virtio.Features, mtu, qmax uint16, prog []
 	// Whatever happened, a recovery brings back a working device (or
 	// refuses garbage configuration) and every buffer is accounted for.
 	dev.HoldCtrl(false)
+	rxPool := drv.RxPool()
 	if err := drv.Recover(); err != nil {
 		if !errors.Is(err, virtionet.ErrConfig) {
 			t.Fatalf("final Recover: %v", err)
 		}
-		if pool.Avail() != pool.Cap() {
-			t.Fatalf("buffers leaked: %d of %d free after a refused recovery", pool.Avail(), pool.Cap())
+		if rxPool.Avail() != rxPool.Cap() || pool.Avail() != pool.Cap() {
+			t.Fatalf("buffers leaked after a refused recovery: rx %d of %d free, tx %d of %d", rxPool.Avail(), rxPool.Cap(), pool.Avail(), pool.Cap())
 		}
 		return
 	}
 	h.checkNegotiated(mtu)
 	rx, _ := drv.QueueSizes()
-	if got := pool.Avail() + int(rx); got != pool.Cap() {
-		t.Fatalf("buffers leaked: %d free + %d in the rx ring of %d", pool.Avail(), rx, pool.Cap())
+	if got := rxPool.Avail() + int(rx); got != rxPool.Cap() {
+		t.Fatalf("rx buffers leaked: %d free + %d in the rx ring of %d", rxPool.Avail(), rx, rxPool.Cap())
+	}
+	if pool.Avail() != pool.Cap() {
+		t.Fatalf("tx buffers leaked: %d of %d free after a reset", pool.Avail(), pool.Cap())
 	}
 }
 
@@ -208,12 +212,13 @@ func (h *hostile) send(m *mbuf.Mbuf) {
 	drv := h.drv
 	h.deviceErr("Reclaim", drv.Reclaim())
 	idle := drv.TxInFlight() == 0 && drv.Health() == nil
+	l, segs := m.PktLen(), m.Segs()
 	n, err := drv.TxBurst([]*mbuf.Mbuf{m})
 	h.deviceErr("TxBurst", err)
 	if n == 0 {
 		m.Free()
 		if idle && err == nil {
-			h.t.Fatalf("TxBurst refused a %d-byte packet of %d buffers with the tx ring empty: the poll loop would retry it forever", m.PktLen(), m.Segs())
+			h.t.Fatalf("TxBurst refused a %d-byte packet of %d buffers with the tx ring empty: the poll loop would retry it forever", l, segs)
 		}
 	}
 }

@@ -8,10 +8,13 @@ import (
 
 // TxBurst queues pkts (whole Ethernet frames) for transmission, with one
 // kick at most, and returns how many it consumed: sent, or dropped and
-// counted (too short, too long). It stops early when the tx ring is full;
-// the caller keeps pkts[n:]. Consumed packets belong to the driver, which
-// frees them once the device is done. An error means the device broke the
-// ring contract: call Recover.
+// counted (too short, longer than the MTU allows, or taking more
+// descriptors than the ring holds even when copied into fewer buffers). It
+// stops early only when the tx ring has no room for the next packet right
+// now; the caller keeps pkts[n:] and retries once the device completes
+// some, so no packet can wedge the ring. Consumed packets belong to the
+// driver, which frees them once the device is done. An error means the
+// device broke the ring contract: call Recover.
 func (d *Device) TxBurst(pkts []*mbuf.Mbuf) (int, error) {
 	if d.broken != nil {
 		return 0, d.broken
@@ -19,21 +22,28 @@ func (d *Device) TxBurst(pkts []*mbuf.Mbuf) (int, error) {
 	if err := d.reclaim(); err != nil {
 		return 0, err
 	}
-	var sent, bytes, badSize, noBuf int
+	indirect := d.features.Has(virtio.FIndirectDesc)
+	limit := int(d.tx.Size())
+	if indirect {
+		limit = d.txTableSize
+	}
+	var sent, bytes, badSize, noBuf, badChain int
 	i := 0
 loop:
 	for ; i < len(pkts); i++ {
 		m := pkts[i]
 		l := m.PktLen()
-		if l < ethHdrLen || l > d.maxFrame {
+		if l < ethHdrLen || l > d.maxFrame(taggedChain(m)) {
 			m.Free()
 			badSize++
 			continue
 		}
-		switch {
-		case m.Next() == nil && m.Headroom() >= HeaderLen:
-			// Common case: the header goes in the headroom, one descriptor.
-			head, ok := d.tx.PeekID()
+		// The header goes in the headroom unless another owner may see
+		// the bytes there.
+		inPlace := m.Headroom() >= HeaderLen && !m.Shared()
+		if m.Next() == nil && inPlace {
+			// Common case: one descriptor.
+			id, ok := d.tx.PeekID()
 			if !ok {
 				break loop
 			}
@@ -41,37 +51,55 @@ loop:
 			clear(hdr)
 			d.tx.Add1(m.Addr(), uint32(m.Len()), false)
 			m.Adj(HeaderLen)
-			d.txBufs[head] = m
-		default:
-			if m.Segs() > MaxTxSegs {
-				lin := d.linearize(m)
-				if lin == nil {
-					noBuf++
-					continue
-				}
-				pkts[i], m = lin, lin
-			}
-			segs := d.segs[:0]
-			segs = append(segs, virtqueue.Seg{Addr: d.zeroHdr.Addr, Len: HeaderLen})
-			for b := m; b != nil; b = b.Next() {
-				if b.Len() > 0 {
-					segs = append(segs, virtqueue.Seg{Addr: b.Addr(), Len: uint32(b.Len())})
-				}
-			}
-			head, ok := d.tx.PeekID()
-			if !ok {
-				break loop
-			}
-			if d.features.Has(virtio.FIndirectDesc) {
-				_, ok = d.tx.AddIndirect(d.txTables[head], segs)
-			} else {
-				_, ok = d.tx.AddChain(segs)
-			}
-			if !ok {
-				break loop
-			}
-			d.txBufs[head] = m
+			d.txBufs[id] = m
+			sent++
+			bytes += l
+			continue
 		}
+		descs := descsFor(m, inPlace)
+		if descs > limit {
+			c := d.compact(m)
+			if c == nil {
+				noBuf++
+				continue
+			}
+			pkts[i], m, inPlace = c, c, true
+			if descs = descsFor(m, true); descs > limit {
+				m.Free()
+				badChain++
+				continue
+			}
+		}
+		id, ok := d.tx.PeekID()
+		if !ok || (!indirect && descs > int(d.tx.NumFree())) {
+			break loop
+		}
+		segs := d.segs[:0]
+		if inPlace {
+			hdr, _ := m.Prepend(HeaderLen)
+			clear(hdr)
+		} else {
+			segs = append(segs, virtqueue.Seg{Addr: d.zeroHdr.Addr, Len: HeaderLen})
+		}
+		for b := m; b != nil; b = b.Next() {
+			if b.Len() > 0 || (b == m && inPlace) {
+				segs = append(segs, virtqueue.Seg{Addr: b.Addr(), Len: uint32(b.Len())})
+			}
+		}
+		if indirect {
+			_, ok = d.tx.AddIndirect(d.txTables[id], segs)
+		} else {
+			_, ok = d.tx.AddChain(segs)
+		}
+		if inPlace {
+			m.Adj(HeaderLen)
+		}
+		if !ok {
+			// Room was checked: only a broken ring refuses, and the
+			// next reclaim reports it.
+			break loop
+		}
+		d.txBufs[id] = m
 		sent++
 		bytes += l
 	}
@@ -93,25 +121,54 @@ loop:
 	if noBuf > 0 {
 		d.stats.txDropNoBuf.Add(uint64(noBuf))
 	}
+	if badChain > 0 {
+		d.stats.txDropChain.Add(uint64(badChain))
+	}
 	return i, nil
 }
 
-// linearize copies a long chain into one fresh buffer and frees the chain.
-// It returns nil (chain freed) when no buffer is free.
-func (d *Device) linearize(m *mbuf.Mbuf) *mbuf.Mbuf {
+// descsFor is how many descriptors a chained packet takes: one per
+// non-empty buffer, plus the header (in the first buffer's headroom when
+// inPlace, a descriptor of its own otherwise).
+func descsFor(m *mbuf.Mbuf, inPlace bool) int {
+	n := 0
+	if !inPlace {
+		n++
+	}
+	for b := m; b != nil; b = b.Next() {
+		if b.Len() > 0 || (b == m && inPlace) {
+			n++
+		}
+	}
+	return n
+}
+
+// taggedChain reports whether a frame, possibly split across buffers,
+// carries an 802.1Q tag.
+func taggedChain(m *mbuf.Mbuf) bool {
+	if m.Len() >= ethHdrLen {
+		return tagged(m)
+	}
+	var h [ethHdrLen]byte
+	m.CopyOut(h[:])
+	return h[12] == 0x81 && h[13] == 0x00
+}
+
+// compact copies a packet into as few fresh tx pool buffers as hold it and
+// frees the original. It returns nil (the original freed) when the pool has
+// too few buffers.
+func (d *Device) compact(m *mbuf.Mbuf) *mbuf.Mbuf {
 	defer m.Free()
-	lin := d.pool.Get()
-	if lin == nil {
+	c := d.txPool.AllocPacket(m.PktLen())
+	if c == nil {
 		return nil
 	}
-	b, ok := lin.Append(m.PktLen())
-	if !ok {
-		lin.Free()
-		return nil
+	off := 0
+	for b := m; b != nil; b = b.Next() {
+		off += c.CopyBack(off, b.Bytes())
 	}
-	m.CopyOut(b)
-	lin.Flags, lin.RcvIf = m.Flags, m.RcvIf
-	return lin
+	c.Flags, c.RcvIf = m.Flags, m.RcvIf
+	return c
 }
 
 // Reclaim frees the packets the device has finished sending. TxBurst does
