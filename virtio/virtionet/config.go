@@ -71,10 +71,9 @@ func ParseConfig(b []byte, fs virtio.Features) (Config, error) {
 		}
 	}
 	if fs.Has(FMTU) {
+		// Below 68 (which spec 5.1.4.1 forbids) the driver declines
+		// the feature rather than the device.
 		c.MTU = binary.LittleEndian.Uint16(b[10:])
-		if c.MTU < 68 {
-			return Config{}, fmt.Errorf("%w: mtu %d below 68", ErrConfig, c.MTU)
-		}
 	}
 	return c, nil
 }

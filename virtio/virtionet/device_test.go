@@ -489,9 +489,6 @@ func TestOpenRefuses(t *testing.T) {
 		{"multicast MAC", func() *devmodel.Net {
 			return devmodel.New(heap, devmodel.Options{MAC: [6]byte{1, 2, 3, 4, 5, 6}})
 		}, "not a unicast"},
-		{"tiny MTU", func() *devmodel.Net {
-			return devmodel.New(heap, devmodel.Options{Features: devmodel.QEMUFeatures | 1<<virtionet.FMTU, MTU: 40})
-		}, "mtu 40"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

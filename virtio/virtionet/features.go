@@ -63,9 +63,15 @@ var FeatureNames = map[virtio.Feature]string{
 // device offers, minus what Options.Refuse removes. Offloads are absent on
 // purpose: QEMU's user, stream and dgram backends have no vnet header and
 // never offer them, and the NKE chain must see whole, checksummed frames.
-const Supported = 1<<virtio.FVersion1 | 1<<virtio.FAccessPlatform |
+//
+// ACCESS_PLATFORM is accepted only where no IOMMU translates the device's
+// DMA (see negotiate); ORDER_PLATFORM because spec 6.1 says a driver
+// should, and the driver's barriers (sync/atomic, full fences on amd64)
+// are the platform's already. CTRL_MAC_ADDR lets a device without F_MAC
+// learn the random address the driver picks.
+const Supported = 1<<virtio.FVersion1 | 1<<virtio.FAccessPlatform | 1<<virtio.FOrderPlatform |
 	1<<virtio.FIndirectDesc | 1<<virtio.FEventIdx |
-	1<<FMAC | 1<<FMTU | 1<<FStatus | 1<<FMrgRxbuf | 1<<FCtrlVQ | 1<<FCtrlRx
+	1<<FMAC | 1<<FMTU | 1<<FStatus | 1<<FMrgRxbuf | 1<<FCtrlVQ | 1<<FCtrlRx | 1<<FCtrlMACAddr
 
 // Required must be offered or the device is refused.
 const Required = 1 << virtio.FVersion1

@@ -116,6 +116,7 @@ func Open(fn Function) (*Transport, error) {
 		closeAll()
 		return fail("open", err)
 	}
+	t.iommu = fn.IOMMUGroup != ""
 	return t, nil
 }
 

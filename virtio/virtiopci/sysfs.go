@@ -32,6 +32,9 @@ type Function struct {
 	SubsystemVendor uint16
 	SubsystemDevice uint16
 	Driver          string // name of the bound kernel driver; "" if none
+	// IOMMUGroup is the function's IOMMU group, "" when no IOMMU
+	// translates its DMA (addresses it sees are then guest-physical).
+	IOMMUGroup string
 }
 
 func (f Function) String() string {
@@ -133,6 +136,11 @@ func Lookup(root, bdf string) (Function, error) {
 		return Function{}, &OpError{Op: "read sysfs", BDF: bdf, Err: err}
 	}
 	f.Driver = drv
+	if l, err := os.Readlink(filepath.Join(f.Path, "iommu_group")); err == nil {
+		f.IOMMUGroup = filepath.Base(l)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return Function{}, &OpError{Op: "read sysfs", BDF: bdf, Err: err}
+	}
 	return f, nil
 }
 

@@ -20,6 +20,7 @@ type fakeFn struct {
 	class                uint32
 	subVendor, subDevice uint16
 	driver               string
+	iommuGroup           string
 	config               []byte
 	resource             string
 	bars                 map[int]int // BAR index -> size of resourceN file
@@ -60,6 +61,11 @@ func fakeSysfs(t *testing.T, fns ...fakeFn) string {
 		must(os.WriteFile(filepath.Join(dir, "config"), f.config, 0o644))
 		for i, size := range f.bars {
 			must(os.WriteFile(filepath.Join(dir, fmt.Sprintf("resource%d", i)), make([]byte, size), 0o644))
+		}
+		if f.iommuGroup != "" {
+			gdir := filepath.Join(root, "kernel", "iommu_groups", f.iommuGroup)
+			must(os.MkdirAll(gdir, 0o755))
+			must(os.Symlink(gdir, filepath.Join(dir, "iommu_group")))
 		}
 		if f.driver != "" {
 			ddir := filepath.Join(root, "drivers", f.driver)
@@ -213,5 +219,21 @@ func TestOpenRefusesBoundDevice(t *testing.T) {
 	_, err = Open(f)
 	if !errors.Is(err, ErrDriverBound) && !errors.Is(err, virtio.ErrNotSupported) {
 		t.Fatalf("err = %v, want ErrDriverBound", err)
+	}
+}
+
+func TestLookupIOMMUGroup(t *testing.T) {
+	plain := qemuNIC(t)
+	behind := qemuNIC(t)
+	behind.bdf, behind.iommuGroup = "0000:00:04.0", "7"
+	root := fakeSysfs(t, plain, behind)
+	for _, c := range []struct{ bdf, group string }{{plain.bdf, ""}, {behind.bdf, "7"}} {
+		f, err := Lookup(root, c.bdf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.IOMMUGroup != c.group {
+			t.Errorf("%s: IOMMUGroup %q, want %q", c.bdf, f.IOMMUGroup, c.group)
+		}
 	}
 }

@@ -63,6 +63,9 @@ type Transport struct {
 
 	unmap  func() error // releases the mappings; nil for test transports
 	closed bool
+
+	// iommu is set when an IOMMU translates the device's DMA.
+	iommu bool
 }
 
 var _ virtio.Transport = (*Transport)(nil)
@@ -86,6 +89,10 @@ func newTransport(name string, caps []Cap, common, notify, isr, device registers
 	}
 	return t, nil
 }
+
+// DMATranslated reports whether an IOMMU sits between the device and
+// memory, so that guest-physical addresses are not what it must be given.
+func (t *Transport) DMATranslated() bool { return t.iommu }
 
 // Name implements virtio.Transport: the PCI address.
 func (t *Transport) Name() string { return t.name }
