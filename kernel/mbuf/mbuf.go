@@ -339,20 +339,28 @@ func (p *Pool) AllocPacket(n int) *Mbuf {
 		p.mu.Unlock()
 		return nil
 	}
-	bufs := p.free[len(p.free)-need:]
+	// Link the chain under the lock: the free list's backing array is
+	// written by the next put as soon as the lock is released.
+	var head *Mbuf
+	for i := 0; i < need; i++ {
+		m := p.free[len(p.free)-1-i]
+		m.next = head
+		head = m
+	}
 	p.free = p.free[:len(p.free)-need]
 	p.mu.Unlock()
 	left := n
-	for i, m := range bufs {
+	for m := head; m != nil; m = m.next {
+		next := m.next
 		p.init(m)
-		if i > 0 {
+		m.next = next
+		if m != head {
 			m.off = 0
-			bufs[i-1].next = m
 		}
 		m.n = min(left, len(m.buf)-m.off)
 		left -= m.n
 	}
-	return bufs[0]
+	return head
 }
 
 func (p *Pool) init(m *Mbuf) {

@@ -293,3 +293,37 @@ func TestChainRefs(t *testing.T) {
 		t.Fatalf("after both Frees: %d of 2 free", p.Avail())
 	}
 }
+
+// Producers and consumers on other goroutines: every chain AllocPacket
+// hands out is its own, however the free list moves meanwhile (run with
+// -race).
+func TestAllocPacketConcurrent(t *testing.T) {
+	p := newPool(t, 64)
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 2000; i++ {
+				m := p.AllocPacket(3000)
+				if m == nil {
+					continue
+				}
+				for b := m; b != nil; b = b.Next() {
+					b.Bytes()[0] = byte(g)
+				}
+				for b := m; b != nil; b = b.Next() {
+					if b.Bytes()[0] != byte(g) {
+						t.Errorf("goroutine %d: a buffer of its chain was handed to another", g)
+						return
+					}
+				}
+				m.Free()
+			}
+		}(g)
+	}
+	wg.Wait()
+	if p.Avail() != p.Cap() {
+		t.Fatalf("%d of %d buffers free", p.Avail(), p.Cap())
+	}
+}
