@@ -197,6 +197,10 @@ func Boot(logf func(string, ...any)) (*Guest, error) {
 		return nil, err
 	}
 	rx, tx := g.drv.QueueSizes()
+	for _, d := range g.drv.Declined() {
+		name, why, _ := strings.Cut(d.String(), ": ")
+		logf("feature %s declined: %s", name, why)
+	}
 	logf("features negotiated: %s", strings.Join(virtionet.FeatureList(g.drv.Features()), ","))
 	logf("queues: rx %d, tx %d; MAC %s; MTU %d", rx, tx, netMAC(g.drv.MAC()), g.drv.MTU())
 	if g.drv.Features().Has(virtionet.FCtrlRx) {
@@ -266,11 +270,16 @@ func netMAC(b []byte) string {
 	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5])
 }
 
-// Shutdown closes the services, stops the poll loop and resets the NIC, so
-// that the device stops touching guest memory before the machine stops.
+// Shutdown closes the services, detaches the stack (so that no late timer
+// writes into packet buffers), stops the poll loop and resets the NIC (so
+// that the device stops touching guest memory), and only then unmaps the
+// DMA memory.
 func (g *Guest) Shutdown() {
 	if g.svc != nil {
 		g.svc.Close()
+	}
+	if g.st != nil {
+		g.st.Shutdown()
 	}
 	if g.ifp != nil {
 		g.ifp.Stop()

@@ -40,14 +40,17 @@ type CPUStatus struct {
 
 // NICStatus describes the device and how it was set up.
 type NICStatus struct {
-	PCI         string   `json:"pci"`
-	MAC         string   `json:"mac"`
-	MTU         int      `json:"mtu"`
-	Link        string   `json:"link"`
-	Address     string   `json:"address"`
-	Gateway     string   `json:"gateway"`
-	Features    []string `json:"features"`
-	Offered     []string `json:"offered_features"`
+	PCI      string   `json:"pci"`
+	MAC      string   `json:"mac"`
+	MTU      int      `json:"mtu"`
+	Link     string   `json:"link"`
+	Address  string   `json:"address"`
+	Gateway  string   `json:"gateway"`
+	Features []string `json:"features"`
+	Offered  []string `json:"offered_features"`
+	// Declined are offered features the driver supports but did not
+	// accept, each "NAME: why".
+	Declined    []string `json:"declined"`
 	RxQueueSize uint16   `json:"rx_queue_size"`
 	TxQueueSize uint16   `json:"tx_queue_size"`
 }
@@ -62,10 +65,14 @@ type Counters struct {
 	TxDrops   uint64 `json:"tx_drops"`
 }
 
-// PoolStatus is the packet pool's occupancy.
+// PoolStatus is the packet pools' occupancy: the rx ring's and the one
+// transmitted packets come from.
 type PoolStatus struct {
-	Buffers int `json:"buffers"`
-	Free    int `json:"free"`
+	Buffers   int `json:"buffers"`
+	Free      int `json:"free"`
+	RxBuffers int `json:"rx_buffers"`
+	RxFree    int `json:"rx_free"`
+	RxBufSize int `json:"rx_buffer_size"`
 }
 
 // Status gathers the current status.
@@ -89,6 +96,7 @@ func (g *Guest) Status() Status {
 			PCI: g.PCI, MAC: netMAC(g.drv.MAC()), MTU: g.drv.MTU(), Link: link,
 			Address: g.Settings.Addr.String(), Gateway: gw,
 			Features: virtionet.FeatureList(g.drv.Features()), Offered: virtionet.FeatureList(g.drv.Offered()),
+			Declined:    declined(g.drv.Declined()),
 			RxQueueSize: rx, TxQueueSize: tx,
 		},
 		Counters: Counters{
@@ -99,9 +107,18 @@ func (g *Guest) Status() Status {
 		Interface: g.ifp.Stats(),
 		StackLink: g.st.LinkStats(),
 		TCP:       g.st.TCPStats(),
-		Pool:      PoolStatus{Buffers: g.drv.Pool().Cap(), Free: g.drv.Pool().Avail()},
-		CPU:       readCPU(),
+		Pool: PoolStatus{Buffers: g.drv.Pool().Cap(), Free: g.drv.Pool().Avail(),
+			RxBuffers: g.drv.RxPool().Cap(), RxFree: g.drv.RxPool().Avail(), RxBufSize: g.drv.RxPool().BufSize()},
+		CPU: readCPU(),
 	}
+}
+
+func declined(ds []virtionet.Decline) []string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = d.String()
+	}
+	return out
 }
 
 // writeText renders a Status for people (the / page, the stats command).
@@ -118,7 +135,11 @@ func writeText(w io.Writer, v any) {
 	fmt.Fprintf(w, "address    %s, gateway %s\n", n.Address, n.Gateway)
 	fmt.Fprintf(w, "queues     rx %d, tx %d descriptors\n", n.RxQueueSize, n.TxQueueSize)
 	fmt.Fprintf(w, "features   %s\n", strings.Join(n.Features, " "))
-	fmt.Fprintf(w, "offered    %s\n\n", strings.Join(n.Offered, " "))
+	fmt.Fprintf(w, "offered    %s\n", strings.Join(n.Offered, " "))
+	for _, d := range n.Declined {
+		fmt.Fprintf(w, "declined   %s\n", d)
+	}
+	fmt.Fprintln(w)
 	c := s.Counters
 	fmt.Fprintf(w, "%-4s %12s %14s %8s\n", "", "packets", "bytes", "drops")
 	fmt.Fprintf(w, "%-4s %12d %14d %8d\n", "rx", c.RxPackets, c.RxBytes, c.RxDrops)
@@ -134,7 +155,8 @@ func writeText(w io.Writer, v any) {
 	t := s.TCP
 	fmt.Fprintf(w, "tcp        %d passive / %d active opens, %d established; resets sent %d received %d; retransmits %d\n",
 		t.PassiveOpens, t.ActiveOpens, t.CurrentEstablished, t.ResetsSent, t.ResetsReceived, t.Retransmits)
-	fmt.Fprintf(w, "pool       %d of %d buffers free\n", s.Pool.Free, s.Pool.Buffers)
+	fmt.Fprintf(w, "pools      tx %d of %d buffers free; rx %d of %d free (%d bytes each)\n",
+		s.Pool.Free, s.Pool.Buffers, s.Pool.RxFree, s.Pool.RxBuffers, s.Pool.RxBufSize)
 	fmt.Fprintf(w, "cpu        harness %.2fs user %.2fs system; guest %.2fs busy %.2fs idle\n",
 		s.CPU.ProcessUser, s.CPU.ProcessSystem, s.CPU.GuestBusy, s.CPU.GuestIdle)
 	fmt.Fprintf(w, "\nJSON: /stats\n")

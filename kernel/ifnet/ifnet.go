@@ -128,7 +128,8 @@ type demux struct {
 type Interface struct {
 	cfg Config
 	drv Driver
-	mac [6]byte
+	mac atomic.Pointer[[6]byte] // the driver's, re-read after each recovery
+	mtu atomic.Int32
 
 	protoMu sync.Mutex // serialises attach/detach; readers use the snapshot
 	protos  atomic.Pointer[demux]
@@ -184,7 +185,7 @@ func New(drv Driver, cfg Config) (*Interface, error) {
 	ifp := &Interface{cfg: cfg, drv: drv, txq: mbuf.NewQueue(cfg.TxQueueLen), waker: w,
 		rx: make([]*mbuf.Mbuf, cfg.Burst), tx: make([]*mbuf.Mbuf, cfg.Burst),
 		stop: make(chan struct{}), done: make(chan struct{})}
-	copy(ifp.mac[:], drv.MAC())
+	ifp.learnIdentity()
 	ifp.protos.Store(&demux{})
 	return ifp, nil
 }
@@ -196,10 +197,23 @@ func (ifp *Interface) Name() string { return ifp.cfg.Name }
 func (ifp *Interface) Index() uint16 { return ifp.cfg.Index }
 
 // MAC is the interface's hardware address.
-func (ifp *Interface) MAC() [6]byte { return ifp.mac }
+func (ifp *Interface) MAC() [6]byte { return *ifp.mac.Load() }
 
 // MTU is the IP MTU.
-func (ifp *Interface) MTU() int { return ifp.drv.MTU() }
+func (ifp *Interface) MTU() int { return int(ifp.mtu.Load()) }
+
+// learnIdentity takes the driver's MAC and MTU, which a device may change
+// across a reset, and says whether they changed.
+func (ifp *Interface) learnIdentity() {
+	var mac [6]byte
+	copy(mac[:], ifp.drv.MAC())
+	mtu := int32(ifp.drv.MTU())
+	if old := ifp.mac.Load(); old != nil && (*old != mac || ifp.mtu.Load() != mtu) {
+		ifp.cfg.Logf("%s: the device came back with MAC %x, MTU %d (was %x, %d)", ifp.cfg.Name, mac, mtu, *old, ifp.mtu.Load())
+	}
+	ifp.mac.Store(&mac)
+	ifp.mtu.Store(mtu)
+}
 
 // Pool is where packets for Output should come from.
 func (ifp *Interface) Pool() *mbuf.Pool { return ifp.drv.Pool() }
@@ -433,6 +447,7 @@ func (ifp *Interface) recover(cause error) {
 		return
 	}
 	ifp.cfg.Logf("%s: device reset and running again", ifp.cfg.Name)
+	ifp.learnIdentity()
 }
 
 func (ifp *Interface) check() {

@@ -55,8 +55,6 @@ func New(ifp *ifnet.Interface, cfg Config) (*Stack, error) {
 	})
 	ep := &endpoint{ifp: ifp, pool: ifp.Pool()}
 	mac := ifp.MAC()
-	ep.mac = tcpip.LinkAddress(mac[:])
-	ep.mtu.Store(uint32(ifp.MTU()))
 	if err := s.CreateNICWithOptions(NICID, ep, stack.NICOptions{Name: ifp.Name()}); err != nil {
 		return nil, fmt.Errorf("netstack: create NIC: %s", err)
 	}
@@ -69,7 +67,7 @@ func New(ifp *ifnet.Interface, cfg Config) (*Stack, error) {
 	}
 	if err := s.AddProtocolAddress(NICID, tcpip.ProtocolAddress{
 		Protocol:          ipv6.ProtocolNumber,
-		AddressWithPrefix: header.LinkLocalAddr(ep.mac).WithPrefix(),
+		AddressWithPrefix: header.LinkLocalAddr(tcpip.LinkAddress(mac[:])).WithPrefix(),
 	}, stack.AddressProperties{}); err != nil {
 		return nil, fmt.Errorf("netstack: add IPv6 link-local address: %s", err)
 	}
@@ -105,6 +103,15 @@ func netipMask(bits int) []byte {
 		m[i/8] |= 0x80 >> (i % 8)
 	}
 	return m
+}
+
+// Shutdown detaches the stack from the interface and stops it: from then
+// on nothing the stack does (a late timer, a retransmission) reaches the
+// interface or its DMA memory, and received frames are dropped. Call it
+// before stopping the interface and unmapping DMA memory.
+func (s *Stack) Shutdown() {
+	s.ep.detach()
+	s.Stack.Destroy()
 }
 
 // Config returns the addressing the stack was built with.
@@ -153,18 +160,20 @@ func (s *Stack) TCPStats() TCPStats {
 	}
 }
 
-// endpoint is the stack.LinkEndpoint over an ifnet.Interface.
+// endpoint is the stack.LinkEndpoint over an ifnet.Interface. Its MAC
+// and MTU are the interface's, which follow the device across resets.
 type endpoint struct {
 	ifp  *ifnet.Interface
 	pool *mbuf.Pool
-	mac  tcpip.LinkAddress
-	mtu  atomic.Uint32
+	mtu  atomic.Uint32 // set by the stack (SetMTU); 0: the interface's
 
 	mu sync.RWMutex
 	// +checklocks:mu
 	dispatcher stack.NetworkDispatcher
 	// +checklocks:mu
 	onClose func()
+	// +checklocks:mu
+	detached bool // Shutdown: no more packets either way
 
 	rxDelivered, rxMalformed, txNoBufs, txTooBig atomic.Uint64
 }
@@ -177,6 +186,9 @@ var _ stack.LinkEndpoint = (*endpoint)(nil)
 func (e *endpoint) deliver(m *mbuf.Mbuf) {
 	e.mu.RLock()
 	d := e.dispatcher
+	if e.detached {
+		d = nil
+	}
 	e.mu.RUnlock()
 	if d == nil {
 		m.Free()
@@ -203,7 +215,7 @@ func (e *endpoint) deliver(m *mbuf.Mbuf) {
 		pkt.PktType = tcpip.PacketBroadcast
 	case flags&mbuf.FlagMulticast != 0:
 		pkt.PktType = tcpip.PacketMulticast
-	case eth.DestinationAddress() == e.mac:
+	case eth.DestinationAddress() == e.LinkAddress():
 		pkt.PktType = tcpip.PacketHost
 	default:
 		pkt.PktType = tcpip.PacketOtherHost
@@ -212,13 +224,28 @@ func (e *endpoint) deliver(m *mbuf.Mbuf) {
 	d.DeliverNetworkPacket(eth.Type(), pkt)
 }
 
-// WritePackets copies each packet into a packet buffer and queues it on the
-// interface. Running out of buffers is backpressure for the stack.
+// WritePackets copies each packet into packet buffers (a chain when it is
+// larger than one) and queues it on the interface. Running out of buffers
+// is backpressure for the stack. After Shutdown nothing is written.
 func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	// The read lock is held while writing, so that Shutdown, which takes
+	// the write lock, waits for writers already inside.
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.detached {
+		return 0, &tcpip.ErrClosedForSend{}
+	}
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
 		size := pkt.Size()
-		m := e.pool.Get()
+		if size > int(e.MTU())+header.EthernetMinimumSize {
+			e.txTooBig.Add(1)
+			if n == 0 {
+				return 0, &tcpip.ErrMessageTooLong{}
+			}
+			break
+		}
+		m := e.pool.AllocPacket(size)
 		if m == nil {
 			e.txNoBufs.Add(1)
 			if n == 0 {
@@ -226,18 +253,9 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 			}
 			break
 		}
-		b, ok := m.Append(size)
-		if !ok {
-			m.Free()
-			e.txTooBig.Add(1)
-			if n == 0 {
-				return 0, &tcpip.ErrMessageTooLong{}
-			}
-			break
-		}
 		off := 0
 		for _, s := range pkt.AsSlices() {
-			off += copy(b[off:], s)
+			off += m.CopyBack(off, s)
 		}
 		if err := e.ifp.Output(m); err != nil {
 			if n == 0 {
@@ -250,11 +268,26 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 	return n, nil
 }
 
-func (e *endpoint) MTU() uint32                      { return e.mtu.Load() }
-func (e *endpoint) SetMTU(mtu uint32)                { e.mtu.Store(mtu) }
-func (e *endpoint) MaxHeaderLength() uint16          { return header.EthernetMinimumSize }
-func (e *endpoint) LinkAddress() tcpip.LinkAddress   { return e.mac }
+func (e *endpoint) MTU() uint32 {
+	if m := e.mtu.Load(); m != 0 {
+		return m
+	}
+	return uint32(e.ifp.MTU())
+}
+func (e *endpoint) SetMTU(mtu uint32)       { e.mtu.Store(mtu) }
+func (e *endpoint) MaxHeaderLength() uint16 { return header.EthernetMinimumSize }
+func (e *endpoint) LinkAddress() tcpip.LinkAddress {
+	mac := e.ifp.MAC()
+	return tcpip.LinkAddress(mac[:])
+}
 func (e *endpoint) SetLinkAddress(tcpip.LinkAddress) {}
+
+// detach stops the endpoint for good; writers already inside finish first.
+func (e *endpoint) detach() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.detached = true
+}
 func (e *endpoint) Capabilities() stack.LinkEndpointCapabilities {
 	return stack.CapabilityResolutionRequired
 }
