@@ -359,6 +359,17 @@ func (ifp *Interface) PollOnce() bool {
 	return ifp.poll()
 }
 
+// CheckOnce runs the loop's periodic device health and link check on the
+// calling goroutine, recovering the device if it needs it.
+//
+// Precondition: Start has not been called.
+func (ifp *Interface) CheckOnce() {
+	if ifp.running.Load() {
+		panic("ifnet: CheckOnce on a started interface")
+	}
+	ifp.check()
+}
+
 // poll is one iteration of the loop. A device error is handled by
 // recovering the device, and counts as work.
 //

@@ -209,3 +209,25 @@ func TestLinkErrorLoggedOnce(t *testing.T) {
 		t.Fatalf("config error logged %d times in 100 checks, want once:\n%s", n, r.logs.String())
 	}
 }
+
+// A device that comes back from a reset with another MAC: the interface
+// (and so the stack above, which asks it) takes the new one.
+func TestRecoveryLearnsNewMAC(t *testing.T) {
+	r := newRig(t, ifnet.Config{})
+	var cfg [virtionet.ConfigSize]byte
+	newMAC := [6]byte{0x52, 0x54, 0, 1, 2, 3}
+	copy(cfg[:], newMAC[:])
+	cfg[6] = 1
+	r.dev.SetConfig(cfg)
+	r.dev.SetNeedsReset()
+	for i := 0; i < 10 && r.ifp.Stats().Recoveries == 0; i++ {
+		r.ifp.PollOnce()
+		r.ifp.CheckOnce()
+	}
+	if got := r.ifp.MAC(); got != newMAC {
+		t.Fatalf("MAC after the device came back: %x, want %x", got, newMAC)
+	}
+	if !strings.Contains(r.logs.String(), "came back with MAC 525400010203") {
+		t.Errorf("the change was not logged:\n%s", r.logs.String())
+	}
+}
