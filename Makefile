@@ -9,7 +9,7 @@ ARGS  ?=
 # Packages with goroutines sharing memory: their tests also run under -race.
 RACE  := ./kernel/mbuf/... ./kernel/ifnet/... ./kernel/services/... ./virtio/...
 
-.PHONY: run test unit vmtest bench image kernel clean clean-cache $(NKEVM)
+.PHONY: run test unit lockcheck vmtest bench image kernel clean clean-cache $(NKEVM)
 
 # Built, not go run: Ctrl-C then ends make quietly with nkevm's own status.
 $(NKEVM):
@@ -21,10 +21,17 @@ run: $(NKEVM)
 test: unit
 	$(MAKE) vmtest
 
-unit:
+unit: lockcheck
 	$(GO) vet ./...
 	$(GO) test ./...
 	$(GO) test -race $(RACE)
+
+# gVisor's checklocks analyzer (a go.mod tool) over every package: fields
+# annotated +checklocks are only touched with their lock held, functions
+# annotated so only called with it. Inference is off: it suggests
+# annotations for immutable fields and sentinel errors read under a lock.
+lockcheck:
+	$(GO) vet -vettool=$$($(GO) tool -n checklocks) -inferred=false ./...
 
 # The exports come from nkevm (QEMU, kernel, image paths); with
 # NKE_VMTEST_REQUIRED=1 a VM test that would skip fails instead.

@@ -27,7 +27,8 @@ type rig struct {
 
 type logbuf struct {
 	mu sync.Mutex
-	b  strings.Builder
+	// +checklocks:mu
+	b strings.Builder
 }
 
 func (l *logbuf) Logf(f string, a ...any) {

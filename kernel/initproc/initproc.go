@@ -39,7 +39,7 @@ type Config struct {
 
 var (
 	logMu  sync.Mutex
-	logOut io.Writer = os.Stdout // the console, for PID 1
+	logOut io.Writer = os.Stdout // the console, for PID 1; guarded by logMu (checklocks does not check globals)
 )
 
 // Logf writes a console line prefixed with "nke: " and the time since

@@ -10,7 +10,9 @@ type Queue struct {
 	// +checklocks:mu
 	ring []*Mbuf
 	// +checklocks:mu
-	head, n int
+	head int
+	// +checklocks:mu
+	n int
 }
 
 // NewQueue returns a queue holding at most capacity packets.

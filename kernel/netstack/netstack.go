@@ -228,6 +228,7 @@ func (e *endpoint) deliver(m *mbuf.Mbuf) {
 // larger than one) and queues it on the interface. Running out of buffers
 // is backpressure for the stack. After Shutdown nothing is written.
 func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	pool := e.pool
 	// The read lock is held while writing, so that Shutdown, which takes
 	// the write lock, waits for writers already inside.
 	e.mu.RLock()
@@ -245,7 +246,7 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 			}
 			break
 		}
-		m := e.pool.AllocPacket(size)
+		m := pool.AllocPacket(size)
 		if m == nil {
 			e.txNoBufs.Add(1)
 			if n == 0 {

@@ -40,6 +40,8 @@ func (n *Net) Deliver(frame []byte) error {
 // more, so that buffers the driver published in between (and will not kick
 // for, since notifications were off when it looked) are not missed. With
 // buffers found, notifications go off again.
+//
+// +checklocks:n.mu
 func (n *Net) placeLocked(frame []byte) bool {
 	dq := n.q[rxq].dev
 	if !n.rxOneLocked(frame) {
@@ -53,6 +55,8 @@ func (n *Net) placeLocked(frame []byte) bool {
 }
 
 // admitLocked decides whether the device takes a frame from the wire at all.
+//
+// +checklocks:n.mu
 func (n *Net) admitLocked(frame []byte) error {
 	var err error
 	switch {
@@ -98,6 +102,7 @@ func (n *Net) DeliverBurst(frames [][]byte) (int, error) {
 	return placed, err
 }
 
+// +checklocks:n.mu
 func (n *Net) acceptLocked(frame []byte) bool {
 	if n.promisc || len(frame) < 6 {
 		return true
@@ -109,6 +114,7 @@ func (n *Net) acceptLocked(frame []byte) bool {
 	return [6]byte(frame[:6]) == n.filterMAC
 }
 
+// +checklocks:n.mu
 func (n *Net) queueLocked(frame []byte) error {
 	if n.backlogN == len(n.backlog) {
 		n.stats.RxDropped++
@@ -129,6 +135,8 @@ func (n *Net) Backlog() int {
 }
 
 // flushLocked delivers queued frames after an rx kick.
+//
+// +checklocks:n.mu
 func (n *Net) flushLocked() {
 	moved := false
 	for n.backlogN > 0 && n.placeLocked(n.backlog[n.backlogHead]) {
@@ -146,6 +154,8 @@ func (n *Net) flushLocked() {
 // rxOneLocked writes one frame into rx buffers and pushes them as used; the
 // caller publishes. It reports false, consuming nothing, when the driver has
 // not posted enough.
+//
+// +checklocks:n.mu
 func (n *Net) rxOneLocked(frame []byte) bool {
 	dq := n.q[rxq].dev
 	mrg := n.drvFeatures.Has(virtionet.FMrgRxbuf)
@@ -213,6 +223,7 @@ func (n *Net) rxOneLocked(frame []byte) bool {
 	return true
 }
 
+// +checklocks:n.mu
 func (n *Net) pushLocked(q int, head uint16, l uint32) {
 	f := &n.faults
 	dq := n.q[q].dev
@@ -228,6 +239,7 @@ func (n *Net) pushLocked(q int, head uint16, l uint32) {
 	}
 }
 
+// +checklocks:n.mu
 func (n *Net) publishLocked(q int) {
 	dq := n.q[q].dev
 	dq.PublishUsed()
@@ -239,6 +251,8 @@ func (n *Net) publishLocked(q int) {
 
 // txLocked sends every chain the driver published on the tx queue, then
 // asks for the next kick and looks once more, as QEMU's tx bottom half does.
+//
+// +checklocks:n.mu
 func (n *Net) txLocked() {
 	dq := n.q[txq].dev
 	for {
@@ -294,6 +308,8 @@ func (n *Net) txLocked() {
 
 // ctrlLocked answers control commands: the rx mode class, VIRTIO_NET_OK;
 // anything else, VIRTIO_NET_ERR.
+//
+// +checklocks:n.mu
 func (n *Net) ctrlLocked() {
 	dq := n.q[ctrlq].dev
 	for {

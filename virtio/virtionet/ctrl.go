@@ -201,15 +201,7 @@ func (d *Device) command(class, cmd uint8, data []byte) error {
 	if len(data) > ctrlMaxData || len(data) == 0 {
 		return fmt.Errorf("control command data of %d bytes", len(data))
 	}
-	d.ctrlMu.Lock()
-	c := d.ctrl
-	if c == nil {
-		d.ctrlMu.Unlock()
-		return fmt.Errorf("control queue not negotiated: %w", virtio.ErrNotSupported)
-	}
-	id, err := c.submitLocked(class, cmd, data)
-	gen := c.gen
-	d.ctrlMu.Unlock()
+	id, gen, err := d.submit(class, cmd, data)
 	if err != nil {
 		return err
 	}
@@ -219,34 +211,9 @@ func (d *Device) command(class, cmd uint8, data []byte) error {
 	}
 	deadline := time.Now().Add(timeout)
 	for spin := 0; ; spin++ {
-		d.ctrlMu.Lock()
-		if c.gen != gen {
-			d.ctrlMu.Unlock()
-			return fmt.Errorf("control command %d/%d: the device was reset before it answered: %w", class, cmd, virtio.ErrDeviceBroken)
-		}
-		c.reapLocked()
-		st := c.cmds[id]
-		switch {
-		case st.done:
-			c.cmds[id] = ctrlState{}
-			d.ctrlMu.Unlock()
-			if st.ack != ctrlAckOK {
-				d.stats.ctrlRejects.Add(1)
-				return fmt.Errorf("control command %d/%d: %w (ack %d)", class, cmd, ErrCtrlRejected, st.ack)
-			}
-			return nil
-		case c.broken != nil:
-			d.ctrlMu.Unlock()
-			return c.broken
-		case time.Now().After(deadline):
-			// The buffer stays the device's until it answers or is
-			// reset: the id is not free, so nothing reuses it.
-			c.cmds[id].abandoned = true
-			err := c.fail(fmt.Errorf("control command %d/%d: no answer within %v: %w", class, cmd, timeout, ErrCtrlUnanswered))
-			d.ctrlMu.Unlock()
+		if done, err := d.answer(id, gen, time.Now().After(deadline), timeout); done {
 			return err
 		}
-		d.ctrlMu.Unlock()
 		// QEMU answers during the kick; a device that does not gets
 		// the CPU back for a while.
 		if spin < 64 {
@@ -257,6 +224,50 @@ func (d *Device) command(class, cmd uint8, data []byte) error {
 	}
 }
 
+// submit adds a command under the lock and returns its id and the reset
+// generation it belongs to.
+func (d *Device) submit(class, cmd uint8, data []byte) (uint16, uint64, error) {
+	d.ctrlMu.Lock()
+	defer d.ctrlMu.Unlock()
+	c := d.ctrl
+	if c == nil {
+		return 0, 0, fmt.Errorf("control queue not negotiated: %w", virtio.ErrNotSupported)
+	}
+	id, err := c.submitLocked(class, cmd, data)
+	return id, c.gen, err
+}
+
+// answer reaps and reports whether command id of generation gen has its
+// answer (or has failed): done and the command's result. With expired set
+// a command still unanswered fails, and takes the queue out of service.
+func (d *Device) answer(id uint16, gen uint64, expired bool, timeout time.Duration) (bool, error) {
+	d.ctrlMu.Lock()
+	defer d.ctrlMu.Unlock()
+	c := d.ctrl
+	if c.gen != gen {
+		return true, fmt.Errorf("control command: the device was reset before it answered: %w", virtio.ErrDeviceBroken)
+	}
+	c.reapLocked()
+	st := c.cmds[id]
+	switch {
+	case st.done:
+		c.cmds[id] = ctrlState{}
+		if st.ack != ctrlAckOK {
+			d.stats.ctrlRejects.Add(1)
+			return true, fmt.Errorf("control command %d/%d: %w (ack %d)", st.class, st.cmd, ErrCtrlRejected, st.ack)
+		}
+		return true, nil
+	case c.broken != nil:
+		return true, c.broken
+	case expired:
+		// The buffer stays the device's until it answers or is reset:
+		// the id is not free, so nothing reuses it.
+		c.cmds[id].abandoned = true
+		return true, c.fail(fmt.Errorf("control command %d/%d: no answer within %v: %w", st.class, st.cmd, timeout, ErrCtrlUnanswered))
+	}
+	return false, nil
+}
+
 // restoreLocked sends the receive mode and MAC the driver set earlier to a
 // device that was just reset, without waiting (it runs on the poll loop's
 // recovery path): Health reaps the answers; a refusal is counted.
@@ -264,23 +275,25 @@ func (d *Device) command(class, cmd uint8, data []byte) error {
 // +checklocks:d.ctrlMu
 func (d *Device) restoreLocked() {
 	c := d.ctrl
-	send := func(class, cmd uint8, data []byte) {
-		id, err := c.submitLocked(class, cmd, data)
-		if err != nil {
-			c.fail(err)
-			return
-		}
-		c.cmds[id].abandoned = true
-	}
 	if c.promisc != nil && d.features.Has(FCtrlRx) {
-		send(ctrlClassRx, ctrlRxPromisc, []byte{b2u(*c.promisc)})
+		c.sendLocked(ctrlClassRx, ctrlRxPromisc, []byte{b2u(*c.promisc)})
 	}
 	if c.allMulti != nil && d.features.Has(FCtrlRx) {
-		send(ctrlClassRx, ctrlRxAllMulti, []byte{b2u(*c.allMulti)})
+		c.sendLocked(ctrlClassRx, ctrlRxAllMulti, []byte{b2u(*c.allMulti)})
 	}
 	if c.mac != nil && d.features.Has(FCtrlMACAddr) {
-		send(ctrlClassMAC, ctrlMACAddrSet, c.mac)
+		c.sendLocked(ctrlClassMAC, ctrlMACAddrSet, c.mac)
 	}
+}
+
+// sendLocked submits a command nobody waits for.
+func (c *ctrlq) sendLocked(class, cmd uint8, data []byte) {
+	id, err := c.submitLocked(class, cmd, data)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.cmds[id].abandoned = true
 }
 
 func b2u(b bool) uint8 {

@@ -98,25 +98,29 @@ type Device struct {
 	// txTableSize is the number of descriptors in each indirect table.
 	txTableSize int
 
-	rx, tx           virtqueue.Ring
-	rxRings, txRings virtqueue.Rings
-	rxKick, txKick   virtio.Notifier
-	rxBufs           []*mbuf.Mbuf // rx buffer of each id
-	txBufs           []*mbuf.Mbuf // packet of each tx id
-	txTables         []dma.Block  // indirect table of each tx id
-	zeroHdr          dma.Block    // the (all-zero) header of packets without headroom
-	used             []virtqueue.Used
-	refill           []*mbuf.Mbuf
-	txDone           []*mbuf.Mbuf // reclaimed packets, freed as a batch
-	segs             []virtqueue.Seg
+	rx       virtqueue.Ring
+	tx       virtqueue.Ring
+	rxRings  virtqueue.Rings
+	txRings  virtqueue.Rings
+	rxKick   virtio.Notifier
+	txKick   virtio.Notifier
+	rxBufs   []*mbuf.Mbuf // rx buffer of each id
+	txBufs   []*mbuf.Mbuf // packet of each tx id
+	txTables []dma.Block  // indirect table of each tx id
+	zeroHdr  dma.Block    // the (all-zero) header of packets without headroom
+	used     []virtqueue.Used
+	refill   []*mbuf.Mbuf
+	txDone   []*mbuf.Mbuf // reclaimed packets, freed as a batch
+	segs     []virtqueue.Seg
 
 	// A packet spanning several rx buffers (MRG_RXBUF) whose later buffers
 	// have not been reaped yet: partialLeft buffers to come, partialLen
 	// bytes so far, and whether it is dropped once complete (too big).
-	partial, partialTail *mbuf.Mbuf
-	partialLeft          int
-	partialLen           int
-	partialDrop          bool
+	partial     *mbuf.Mbuf
+	partialTail *mbuf.Mbuf
+	partialLeft int
+	partialLen  int
+	partialDrop bool
 
 	ctrlMu sync.Mutex
 	// +checklocks:ctrlMu
@@ -433,27 +437,23 @@ func (d *Device) allocate() error {
 // +checklocks:d.ctrlMu
 func (d *Device) startLocked() error {
 	t := d.t
-	fail := func(op string, err error) error {
-		t.SetStatus(t.Status() | virtio.StatusFailed)
-		return &OpError{Op: op, Dev: t.Name(), Err: err}
-	}
 	var err error
 	if d.rxKick, err = t.SetupQueue(rxQueue, d.rxRings.Size, addrs(d.rxRings)); err != nil {
-		return fail("set up rx queue", err)
+		return d.failStart("set up rx queue", err)
 	}
 	if d.txKick, err = t.SetupQueue(txQueue, d.txRings.Size, addrs(d.txRings)); err != nil {
-		return fail("set up tx queue", err)
+		return d.failStart("set up tx queue", err)
 	}
 	if d.ctrl != nil {
 		if d.ctrl.kick, err = t.SetupQueue(ctrlQueue, d.ctrl.rings.Size, addrs(d.ctrl.rings)); err != nil {
-			return fail("set up control queue", err)
+			return d.failStart("set up control queue", err)
 		}
 	}
 	// Fill rx before DRIVER_OK; no notification before it (spec 3.1.1).
 	d.fillRx(false)
 	t.SetStatus(t.Status() | virtio.StatusDriverOK)
 	if s := t.Status(); s&virtio.StatusDriverOK == 0 || s&(virtio.StatusFailed|virtio.StatusNeedsReset) != 0 {
-		return fail("start", fmt.Errorf("device status %#x after DRIVER_OK: %w", s, virtio.ErrDeviceBroken))
+		return d.failStart("start", fmt.Errorf("device status %#x after DRIVER_OK: %w", s, virtio.ErrDeviceBroken))
 	}
 	d.broken = nil
 	if d.rx.NeedsKick() {
@@ -469,6 +469,12 @@ func (d *Device) startLocked() error {
 		d.restoreLocked()
 	}
 	return nil
+}
+
+// failStart sets FAILED (spec 3.1.1) and says what step failed.
+func (d *Device) failStart(op string, err error) error {
+	d.t.SetStatus(d.t.Status() | virtio.StatusFailed)
+	return &OpError{Op: op, Dev: d.t.Name(), Err: err}
 }
 
 func addrs(r virtqueue.Rings) virtio.QueueAddrs {
