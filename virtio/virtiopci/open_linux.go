@@ -1,3 +1,9 @@
+// The real transport is built for amd64 only: its register accesses
+// (mmio_amd64.s) rely on x86's store order for the doorbell, and other CPUs
+// would need fences this package does not have (open_others.go refuses).
+
+//go:build amd64
+
 package virtiopci
 
 import (
