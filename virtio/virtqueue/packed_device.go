@@ -213,7 +213,7 @@ func (d *PackedDeviceQueue) Unpop(k int) {
 			panic(fmt.Sprintf("virtqueue: Unpop of buffer %d, which was pushed", r.id))
 		}
 		d.descs[r.id] = 0
-		d.inUse -= r.descs
+		d.inUse -= min(d.inUse, r.descs) // JumpUsed may have taken some
 		d.availPos, d.availWrap = r.pos, r.wrap
 	}
 	d.histN -= k
