@@ -248,6 +248,8 @@ func TestPackedUsedGarbageIgnored(t *testing.T) {
 				q.Add1(b.Addr, 64, true)
 			}
 			q.Publish()
+			first := e.pop()
+			e.pop()
 			pokeUsed(e, c.pos, c.id, 7, c.flags)
 			if q.HasUsed() {
 				t.Fatal("HasUsed")
@@ -255,8 +257,7 @@ func TestPackedUsedGarbageIgnored(t *testing.T) {
 			if got := e.reap(8); len(got) != 0 {
 				t.Fatalf("reaped %+v", got)
 			}
-			dev.Pop(new(Chain))
-			dev.Push(0, 5)
+			dev.Push(first.ID, 5)
 			dev.PublishUsed()
 			got := e.reap(8)
 			if len(got) == 0 || got[0] != (Used{0, 5}) || q.Broken() != nil {
