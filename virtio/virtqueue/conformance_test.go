@@ -112,7 +112,13 @@ const envHeap = 256 << 10
 
 func newEnv(t testing.TB, lc layoutCase, size uint16, eventIdx, indirect bool) *env {
 	t.Helper()
-	h := dma.NewHeap(envHeap)
+	return newEnvHeap(t, lc, size, eventIdx, indirect, envHeap)
+}
+
+// newEnvHeap is newEnv with heapSize bytes of memory: fuzzing wants less.
+func newEnvHeap(t testing.TB, lc layoutCase, size uint16, eventIdx, indirect bool, heapSize int) *env {
+	t.Helper()
+	h := dma.NewHeap(heapSize)
 	r, err := lc.alloc(h, size)
 	if err != nil {
 		t.Fatal(err)

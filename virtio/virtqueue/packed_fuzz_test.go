@@ -44,11 +44,12 @@ type fuzzBuf struct {
 	pushed    int64 // length the well-behaved device pushed, or -1
 }
 
-func runPackedHostile(t *testing.T, p *prog) {
+func runPackedHostile(t testing.TB, p *prog) {
 	cfg := p.next()
 	size := 2 + uint16(cfg%16)
 	eventIdx := cfg&0x80 != 0
-	e, q, _ := packedEnv(t, size, eventIdx, true)
+	e := newEnvHeap(t, layouts[1], size, eventIdx, true, 8<<10)
+	q := e.drv.(*PackedQueue)
 	data := e.buf(4096)
 	tables := make([]dma.Block, size)
 	for i := range tables {
@@ -241,7 +242,7 @@ func runPackedHostile(t *testing.T, p *prog) {
 
 // checkPacked verifies the driver's private accounting against itself and
 // against the model of what the test added and reaped.
-func checkPacked(t *testing.T, q *PackedQueue, model map[uint16]*fuzzBuf) {
+func checkPacked(t testing.TB, q *PackedQueue, model map[uint16]*fuzzBuf) {
 	t.Helper()
 	inChains, inFlight, published := 0, 0, 0
 	for id, n := range q.chainLen {
@@ -321,7 +322,7 @@ type exchangeBuf struct {
 	pushed int64 // -1 until the device pushes it
 }
 
-func runExchange(t *testing.T, lc layoutCase, p *prog) {
+func runExchange(t testing.TB, lc layoutCase, p *prog) {
 	cfg := p.next()
 	var size uint16
 	if lc.name == "split" {
@@ -330,7 +331,7 @@ func runExchange(t *testing.T, lc layoutCase, p *prog) {
 		size = 2 + uint16(cfg%63)
 	}
 	eventIdx, indirect := cfg&0x40 != 0, cfg&0x80 != 0
-	e := newEnv(t, lc, size, eventIdx, indirect)
+	e := newEnvHeap(t, lc, size, eventIdx, indirect, 16<<10)
 	data := e.buf(4096)
 	tables := make([]dma.Block, size)
 	for i := range tables {
@@ -346,23 +347,30 @@ func runExchange(t *testing.T, lc layoutCase, p *prog) {
 		t.Helper()
 		t.Fatalf("%s size %d eventIdx %v indirect %v: %s", lc.name, size, eventIdx, indirect, fmt.Sprintf(format, args...))
 	}
+	unpublished := 0
 	publish := func() {
 		e.drv.Publish()
 		kick := e.drv.NeedsKick()
-		if waiting && e.dev.HasAvail() && !kick {
-			fail("no kick for a device waiting for one")
+		if waiting && unpublished > 0 && !kick {
+			fail("no kick for %d new buffers to a device waiting for one", unpublished)
 		}
 		if kick {
 			waiting = false
 		}
+		unpublished = 0
 	}
+	var spare []Chain // pushed chains, whose slices Pop reuses
 	pop := func() bool {
 		var c Chain
+		if len(spare) > 0 {
+			c, spare = spare[len(spare)-1], spare[:len(spare)-1]
+		}
 		ok, err := e.dev.Pop(&c)
 		if err != nil {
 			fail("device refused a buffer: %v", err)
 		}
 		if !ok {
+			spare = append(spare, c)
 			return false
 		}
 		m := model[c.ID]
@@ -437,6 +445,7 @@ func runExchange(t *testing.T, lc layoutCase, p *prog) {
 			}
 			model[id] = &exchangeBuf{segs: segs, pushed: -1}
 			added++
+			unpublished++
 		case 2:
 			publish()
 		case 3: // pop op&15+1
@@ -454,6 +463,7 @@ func runExchange(t *testing.T, lc layoutCase, p *prog) {
 				e.dev.Push(c.ID, l)
 				model[c.ID].pushed = int64(l)
 				recent = 0
+				spare = append(spare, c)
 			}
 		case 5:
 			e.dev.PublishUsed()
@@ -465,6 +475,7 @@ func runExchange(t *testing.T, lc layoutCase, p *prog) {
 				e.dev.Unpop(k)
 				held = held[:len(held)-k]
 				recent -= k
+				waiting = false // it has buffers again
 			}
 		default: // the device enables or disables notifications
 			on := op&1 != 0

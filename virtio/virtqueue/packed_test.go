@@ -123,7 +123,7 @@ var packedHostile = []hostileCase{
 	}, ErrUsedIndex},
 }
 
-func packedEnv(t *testing.T, size uint16, eventIdx, indirect bool) (*env, *PackedQueue, *PackedDeviceQueue) {
+func packedEnv(t testing.TB, size uint16, eventIdx, indirect bool) (*env, *PackedQueue, *PackedDeviceQueue) {
 	t.Helper()
 	e := newEnv(t, layouts[1], size, eventIdx, indirect)
 	return e, e.drv.(*PackedQueue), e.dev.(*PackedDeviceQueue)
