@@ -45,14 +45,20 @@ type PackedQueue struct {
 
 	freeIDs  []uint16 // stack of free ids; the top is freeIDs[nFreeIDs-1]
 	nFreeIDs int
-	chainLen []uint16 // per id: ring descriptors (0 = id free)
-	writable []uint32 // per id: bytes the device may write
-	isPub    []bool   // per id: the head has been published
+	bufs     []bufState // per id
 
 	pend  []pendingHead // heads added and not yet published, in ring order
 	npend int
 
 	broken error
+}
+
+// bufState is what the driver knows of one buffer id, in one place so that
+// reaping a buffer touches one cache line.
+type bufState struct {
+	writable uint32 // bytes the device may write
+	descs    uint16 // ring descriptors (0 = id free)
+	pub      bool   // the head has been published
 }
 
 // pendingHead is a head descriptor's {id, flags} word waiting for Publish.
@@ -76,9 +82,7 @@ func NewPacked(name string, r Rings, eventIdx bool) (*PackedQueue, error) {
 		size:     r.Size,
 		eventIdx: eventIdx,
 		freeIDs:  make([]uint16, n),
-		chainLen: make([]uint16, n),
-		writable: make([]uint32, n),
-		isPub:    make([]bool, n),
+		bufs:     make([]bufState, n),
 		pend:     make([]pendingHead, n),
 	}
 	clear(r.Desc.Buf)
@@ -98,9 +102,7 @@ func (q *PackedQueue) Reset() {
 		q.freeIDs[i] = q.size - 1 - uint16(i)
 	}
 	q.nFreeIDs = int(q.size)
-	clear(q.chainLen)
-	clear(q.writable)
-	clear(q.isPub)
+	clear(q.bufs)
 	q.npend = 0
 	q.availPos, q.availWrap = 0, true
 	q.usedPos, q.usedWrap = 0, true
@@ -131,8 +133,8 @@ func (q *PackedQueue) Broken() error { return q.broken }
 
 // InFlightIDs calls fn with the id of each buffer in flight.
 func (q *PackedQueue) InFlightIDs(fn func(id uint16)) {
-	for id, n := range q.chainLen {
-		if n != 0 {
+	for id, b := range q.bufs {
+		if b.descs != 0 {
 			fn(uint16(id))
 		}
 	}
@@ -250,8 +252,7 @@ func (q *PackedQueue) popID() uint16 {
 func (q *PackedQueue) commit(id, pos uint16, headWord uint32, descs uint16, writable uint64) {
 	q.pend[q.npend] = pendingHead{pos: pos, word: headWord}
 	q.npend++
-	q.chainLen[id] = descs
-	q.writable[id] = uint32(min(writable, math.MaxUint32))
+	q.bufs[id] = bufState{writable: uint32(min(writable, math.MaxUint32)), descs: descs}
 	q.numFree -= descs
 	q.inFlight++
 	q.unpub += uint32(descs)
@@ -267,7 +268,7 @@ func (q *PackedQueue) Publish() {
 	for i := q.npend - 1; i >= 0; i-- {
 		p := q.pend[i]
 		atomic.StoreUint32(&q.v.ring[p.pos].word, p.word)
-		q.isPub[uint16(p.word)] = true
+		q.bufs[uint16(p.word)].pub = true
 	}
 	q.published += uint16(q.npend)
 	q.npend = 0
@@ -334,31 +335,25 @@ func (q *PackedQueue) Reap(out []Used) (int, error) {
 			return n, q.fail(ErrUsedIndex, uint32(n+1), uint32(n))
 		}
 		id := uint16(w)
-		if id >= q.size || !q.isPub[id] {
+		if id >= q.size || !q.bufs[id].pub {
 			return n, q.fail(ErrUsedID, uint32(id), uint32(q.size))
 		}
+		b := &q.bufs[id]
 		l := d.len
-		if l > q.writable[id] {
-			return n, q.fail(ErrUsedLen, l, q.writable[id])
+		if l > b.writable {
+			return n, q.fail(ErrUsedLen, l, b.writable)
 		}
 		out[n] = Used{ID: id, Len: l}
 		n++
-		q.release(id)
+		q.usedPos, q.usedWrap = advance(q.usedPos, q.usedWrap, b.descs, q.size)
+		q.numFree += b.descs
+		*b = bufState{}
+		q.inFlight--
+		q.published--
+		q.freeIDs[q.nFreeIDs] = id
+		q.nFreeIDs++
 	}
 	return n, nil
-}
-
-func (q *PackedQueue) release(id uint16) {
-	descs := q.chainLen[id]
-	q.usedPos, q.usedWrap = advance(q.usedPos, q.usedWrap, descs, q.size)
-	q.chainLen[id] = 0
-	q.writable[id] = 0
-	q.isPub[id] = false
-	q.numFree += descs
-	q.inFlight--
-	q.published--
-	q.freeIDs[q.nFreeIDs] = id
-	q.nFreeIDs++
 }
 
 func (q *PackedQueue) fail(err error, v, limit uint32) error {

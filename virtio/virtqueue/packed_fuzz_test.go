@@ -245,23 +245,23 @@ func runPackedHostile(t testing.TB, p *prog) {
 func checkPacked(t testing.TB, q *PackedQueue, model map[uint16]*fuzzBuf) {
 	t.Helper()
 	inChains, inFlight, published := 0, 0, 0
-	for id, n := range q.chainLen {
+	for id, b := range q.bufs {
 		m := model[uint16(id)]
-		if (n != 0) != (m != nil) {
-			t.Fatalf("id %d: driver has %d descriptors, model %+v", id, n, m)
+		if (b.descs != 0) != (m != nil) {
+			t.Fatalf("id %d: driver has %+v, model %+v", id, b, m)
 		}
-		if n == 0 {
-			if q.writable[id] != 0 || q.isPub[id] {
-				t.Fatalf("free id %d has writable %d published %v", id, q.writable[id], q.isPub[id])
+		if b.descs == 0 {
+			if b != (bufState{}) {
+				t.Fatalf("free id %d has state %+v", id, b)
 			}
 			continue
 		}
-		if n != m.descs || q.writable[id] != m.writable || q.isPub[id] != m.published {
-			t.Fatalf("id %d: driver has %d/%d/%v, model %+v", id, n, q.writable[id], q.isPub[id], m)
+		if b.descs != m.descs || b.writable != m.writable || b.pub != m.published {
+			t.Fatalf("id %d: driver has %+v, model %+v", id, b, m)
 		}
-		inChains += int(n)
+		inChains += int(b.descs)
 		inFlight++
-		if q.isPub[id] {
+		if b.pub {
 			published++
 		}
 	}
@@ -274,7 +274,7 @@ func checkPacked(t testing.TB, q *PackedQueue, model map[uint16]*fuzzBuf) {
 	}
 	seen := make([]bool, size)
 	for _, id := range q.freeIDs[:q.nFreeIDs] {
-		if id >= q.size || seen[id] || q.chainLen[id] != 0 {
+		if id >= q.size || seen[id] || q.bufs[id].descs != 0 {
 			t.Fatalf("free id stack holds %d wrongly", id)
 		}
 		seen[id] = true
@@ -288,7 +288,7 @@ func checkPacked(t testing.TB, q *PackedQueue, model map[uint16]*fuzzBuf) {
 	}
 	unpub := 0
 	for _, ph := range q.pend[:q.npend] {
-		unpub += int(q.chainLen[uint16(ph.word)])
+		unpub += int(q.bufs[uint16(ph.word)].descs)
 	}
 	pdist := int(q.pubPos) - int(q.usedPos)
 	if q.pubWrap != q.usedWrap {
