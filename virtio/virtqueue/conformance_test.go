@@ -967,3 +967,38 @@ func testConcurrent(t *testing.T, lc layoutCase, eventIdx bool) {
 	}
 	t.Logf("%d kicks for %d buffers", kicks, total)
 }
+
+func TestRingDispatch(t *testing.T) {
+	h := dma.NewHeap(64 << 10)
+	for _, c := range []struct {
+		l   Layout
+		drv Ring
+		dev DeviceRing
+	}{{Split, (*Queue)(nil), (*DeviceQueue)(nil)}, {Packed, (*PackedQueue)(nil), (*PackedDeviceQueue)(nil)}} {
+		r, err := AllocLayout(h, c.l, 8)
+		if err != nil || r.Layout != c.l {
+			t.Fatalf("AllocLayout(%v) = %v, %v", c.l, r.Layout, err)
+		}
+		drv, err := NewRing("x", r, true)
+		if err != nil || fmt.Sprintf("%T", drv) != fmt.Sprintf("%T", c.drv) {
+			t.Fatalf("NewRing(%v) = %T, %v", c.l, drv, err)
+		}
+		dev, err := NewDeviceRing(r, h, true, true)
+		if err != nil || fmt.Sprintf("%T", dev) != fmt.Sprintf("%T", c.dev) {
+			t.Fatalf("NewDeviceRing(%v) = %T, %v", c.l, dev, err)
+		}
+		r.Size = 0
+		if drv, err := NewRing("x", r, true); err == nil || drv != nil {
+			t.Fatalf("NewRing(%v) of size 0 = %v, %v: want a nil interface and an error", c.l, drv, err)
+		}
+		if dev, err := NewDeviceRing(r, h, true, true); err == nil || dev != nil {
+			t.Fatalf("NewDeviceRing(%v) of size 0 = %v, %v", c.l, dev, err)
+		}
+	}
+	if _, err := AllocLayout(h, Layout(7), 8); err == nil {
+		t.Fatal("AllocLayout of an unknown layout succeeded")
+	}
+	if _, err := NewRing("x", Rings{Layout: 7, Size: 8}, false); err == nil {
+		t.Fatal("NewRing of an unknown layout succeeded")
+	}
+}
