@@ -38,7 +38,10 @@ type Settings struct {
 	RxQueue   uint16          // nke.rxq, default: the device's size
 	TxQueue   uint16          // nke.txq
 	Refuse    virtio.Features // nke.refuse=MRG_RXBUF,EVENT_IDX,...
-	PCI       string          // nke.pci: BDF of the NIC, default the first
+	// Ring is the virtqueue layout (nke.ring=auto|split|packed, default
+	// auto: packed when the device offers it).
+	Ring virtionet.RingChoice
+	PCI  string // nke.pci: BDF of the NIC, default the first
 	// DeepSleep is the poll loop's longest idle sleep (nke.deep_sleep_us,
 	// default 4000): receive latency after a quiet spell vs. host CPU.
 	DeepSleep time.Duration
@@ -92,6 +95,13 @@ func ReadSettings(lookup func(string) (string, bool)) (Settings, error) {
 			}
 			s.Refuse = s.Refuse.With(f)
 		}
+	}
+	if v, ok := lookup("nke.ring"); ok {
+		r, err := virtionet.ParseRingChoice(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("nke.ring: %w", err))
+		}
+		s.Ring = r
 	}
 	if v, ok := lookup("nke.pci"); ok {
 		s.PCI = v
@@ -191,7 +201,7 @@ func Boot(logf func(string, ...any)) (*Guest, error) {
 	}
 	segs := g.mem.Segments()
 	logf("DMA memory: %d MiB of hugepages in %d segment(s), first at %#x", set.Hugepages*2, len(segs), segs[0].Addr)
-	g.drv, err = virtionet.Open(t, g.mem, virtionet.Options{RxQueueSize: set.RxQueue, TxQueueSize: set.TxQueue, Refuse: set.Refuse})
+	g.drv, err = virtionet.Open(t, g.mem, virtionet.Options{RxQueueSize: set.RxQueue, TxQueueSize: set.TxQueue, Refuse: set.Refuse, Ring: set.Ring})
 	if err != nil {
 		t.Close()
 		return nil, err
@@ -202,7 +212,7 @@ func Boot(logf func(string, ...any)) (*Guest, error) {
 		logf("feature %s declined: %s", name, why)
 	}
 	logf("features negotiated: %s", strings.Join(virtionet.FeatureList(g.drv.Features()), ","))
-	logf("queues: rx %d, tx %d; MAC %s; MTU %d", rx, tx, netMAC(g.drv.MAC()), g.drv.MTU())
+	logf("queues: %s rings, rx %d, tx %d; MAC %s; MTU %d", g.drv.Layout(), rx, tx, netMAC(g.drv.MAC()), g.drv.MTU())
 	if g.drv.Features().Has(virtionet.FCtrlRx) {
 		// Our own unicast, broadcast and all multicast (IPv6 neighbour
 		// discovery): no promiscuous copies of other hosts' traffic.

@@ -27,11 +27,13 @@ func TestReadSettings(t *testing.T) {
 		{"all set", map[string]string{
 			"nke.ip": "192.168.7.2/16", "nke.gw": "none", "nke.hugepages": "8", "nke.rxq": "1024", "nke.txq": "512",
 			"nke.refuse": "mrg_rxbuf, EVENT_IDX", "nke.pci": "0000:00:04.0", "nke.deep_sleep_us": "250",
+			"nke.ring": "split",
 		}, Settings{
 			Addr: netip.MustParsePrefix("192.168.7.2/16"), Hugepages: 8, RxQueue: 1024, TxQueue: 512,
 			Refuse: virtio.Features(0).With(virtionet.FMrgRxbuf).With(virtio.FEventIdx), PCI: "0000:00:04.0",
-			DeepSleep: 250 * time.Microsecond,
+			DeepSleep: 250 * time.Microsecond, Ring: virtionet.RingSplit,
 		}, ""},
+		{"bad ring", map[string]string{"nke.ring": "round"}, Settings{}, "nke.ring"},
 		{"bad ip", map[string]string{"nke.ip": "10.0.2.15"}, Settings{}, "nke.ip"},
 		{"v6 gw", map[string]string{"nke.gw": "fe80::1"}, Settings{}, "nke.gw"},
 		{"bad number", map[string]string{"nke.rxq": "-1"}, Settings{}, "nke.rxq"},

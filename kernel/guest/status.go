@@ -51,6 +51,7 @@ type NICStatus struct {
 	// Declined are offered features the driver supports but did not
 	// accept, each "NAME: why".
 	Declined    []string `json:"declined"`
+	Ring        string   `json:"ring"` // "split" or "packed"
 	RxQueueSize uint16   `json:"rx_queue_size"`
 	TxQueueSize uint16   `json:"tx_queue_size"`
 }
@@ -97,6 +98,7 @@ func (g *Guest) Status() Status {
 			Address: g.Settings.Addr.String(), Gateway: gw,
 			Features: virtionet.FeatureList(g.drv.Features()), Offered: virtionet.FeatureList(g.drv.Offered()),
 			Declined:    declined(g.drv.Declined()),
+			Ring:        g.drv.Layout().String(),
 			RxQueueSize: rx, TxQueueSize: tx,
 		},
 		Counters: Counters{
@@ -133,7 +135,7 @@ func writeText(w io.Writer, v any) {
 	n := s.NIC
 	fmt.Fprintf(w, "NIC        virtio-net at PCI %s, MAC %s, MTU %d, link %s\n", n.PCI, n.MAC, n.MTU, n.Link)
 	fmt.Fprintf(w, "address    %s, gateway %s\n", n.Address, n.Gateway)
-	fmt.Fprintf(w, "queues     rx %d, tx %d descriptors\n", n.RxQueueSize, n.TxQueueSize)
+	fmt.Fprintf(w, "queues     %s rings, rx %d, tx %d descriptors\n", n.Ring, n.RxQueueSize, n.TxQueueSize)
 	fmt.Fprintf(w, "features   %s\n", strings.Join(n.Features, " "))
 	fmt.Fprintf(w, "offered    %s\n", strings.Join(n.Offered, " "))
 	for _, d := range n.Declined {

@@ -234,7 +234,8 @@ func (n *Net) SetupQueue(q int, size uint16, a virtio.QueueAddrs) (virtio.Notifi
 	if q < 0 || q >= numQueues || n.q[q].max == 0 {
 		return nil, fmt.Errorf("devmodel: no queue %d", q)
 	}
-	if size == 0 || size > n.q[q].max || size&(size-1) != 0 {
+	packed := n.drvFeatures.Has(virtio.FRingPacked)
+	if size == 0 || size > n.q[q].max || (!packed && size&(size-1) != 0) {
 		return nil, fmt.Errorf("devmodel: queue %d size %d invalid (max %d)", q, size, n.q[q].max)
 	}
 	if n.status&virtio.StatusFeaturesOK == 0 || n.status&virtio.StatusDriverOK != 0 {
@@ -255,7 +256,7 @@ func (n *Net) activateLocked() {
 		}
 		r, err := n.ringsLocked(q)
 		if err == nil {
-			q.dev, err = virtqueue.NewDevice(r, n.mem, n.drvFeatures.Has(virtio.FEventIdx), n.drvFeatures.Has(virtio.FIndirectDesc))
+			q.dev, err = virtqueue.NewDeviceRing(r, n.mem, n.drvFeatures.Has(virtio.FEventIdx), n.drvFeatures.Has(virtio.FIndirectDesc))
 		}
 		if err != nil {
 			n.failLocked(fmt.Errorf("queue %d: %w", i, err))
@@ -273,14 +274,18 @@ func (n *Net) ringsLocked(q *queue) (virtqueue.Rings, error) {
 	get := ringGetter(n.mem)
 	var r virtqueue.Rings
 	r.Size = q.size
+	if n.drvFeatures.Has(virtio.FRingPacked) {
+		r.Layout = virtqueue.Packed
+	}
+	descLen, drvLen, devLen := virtqueue.AreaSizes(r.Layout, size)
 	var err error
-	if r.Desc.Buf, err = get(q.addrs.Desc, virtqueue.DescTableSize(size)); err != nil {
+	if r.Desc.Buf, err = get(q.addrs.Desc, descLen); err != nil {
 		return r, err
 	}
-	if r.Driver.Buf, err = get(q.addrs.Driver, virtqueue.AvailSize(size)); err != nil {
+	if r.Driver.Buf, err = get(q.addrs.Driver, drvLen); err != nil {
 		return r, err
 	}
-	if r.Device.Buf, err = get(q.addrs.Device, virtqueue.UsedSize(size)); err != nil {
+	if r.Device.Buf, err = get(q.addrs.Device, devLen); err != nil {
 		return r, err
 	}
 	r.Desc.Addr, r.Driver.Addr, r.Device.Addr = q.addrs.Desc, q.addrs.Driver, q.addrs.Device

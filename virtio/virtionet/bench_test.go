@@ -10,6 +10,7 @@ import (
 	"github.com/nke-harness/nke/kernel/mbuf"
 	"github.com/nke-harness/nke/virtio/devmodel"
 	"github.com/nke-harness/nke/virtio/virtionet"
+	"github.com/nke-harness/nke/virtio/virtqueue"
 )
 
 // The data path allocates nothing per burst: rx with the device delivering,
@@ -103,8 +104,8 @@ func TestConcurrentDelivery(t *testing.T) {
 // device model. The model's own share (copying each 64-byte frame into an
 // rx buffer and publishing the burst) is included.
 func BenchmarkRx(b *testing.B) {
-	for _, burst := range []int{1, 8, 32} {
-		b.Run(fmt.Sprintf("burst=%d", burst), func(b *testing.B) {
+	forLayouts(b, func(b *testing.B, burst int) {
+		{
 			r := newRig(b, devmodel.Options{}, virtionet.Options{})
 			f := frame(mac, 1, 64)
 			frames := make([][]byte, burst)
@@ -122,7 +123,19 @@ func BenchmarkRx(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*burst), "ns/pkt")
-		})
+		}
+	})
+}
+
+// forLayouts runs a benchmark per ring layout and burst size, named
+// e.g. "packed/burst=8".
+func forLayouts(b *testing.B, run func(b *testing.B, burst int)) {
+	defer func(l virtqueue.Layout) { rigLayout = l }(rigLayout)
+	for _, l := range []virtqueue.Layout{virtqueue.Split, virtqueue.Packed} {
+		rigLayout = l
+		for _, burst := range []int{1, 8, 32} {
+			b.Run(fmt.Sprintf("%v/burst=%d", l, burst), func(b *testing.B) { run(b, burst) })
+		}
 	}
 }
 
@@ -130,8 +143,8 @@ func BenchmarkRx(b *testing.B) {
 // buffers from the pool, TxBurst, reclaiming) against the device model,
 // which consumes each burst synchronously on the kick.
 func BenchmarkTx(b *testing.B) {
-	for _, burst := range []int{1, 8, 32} {
-		b.Run(fmt.Sprintf("burst=%d", burst), func(b *testing.B) {
+	forLayouts(b, func(b *testing.B, burst int) {
+		{
 			r := newRig(b, devmodel.Options{Tx: func([]byte) {}}, virtionet.Options{})
 			f := frame(mac, 1, 64)
 			pkts := make([]*mbuf.Mbuf, burst)
@@ -147,6 +160,6 @@ func BenchmarkTx(b *testing.B) {
 				r.drv.TxBurst(pkts)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*burst), "ns/pkt")
-		})
-	}
+		}
+	})
 }

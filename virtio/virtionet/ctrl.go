@@ -84,11 +84,15 @@ func newCtrlq(mem dma.Allocator, max uint16, fs virtio.Features, stats *counters
 	for size > max {
 		size >>= 1
 	}
-	rings, err := virtqueue.AllocRings(mem, size)
+	layout := virtqueue.Split
+	if fs.Has(virtio.FRingPacked) {
+		layout = virtqueue.Packed
+	}
+	rings, err := virtqueue.AllocLayout(mem, layout, size)
 	if err != nil {
 		return nil, err
 	}
-	q, err := virtqueue.New("ctrl", rings, fs.Has(virtio.FEventIdx))
+	q, err := virtqueue.NewRing("ctrl", rings, fs.Has(virtio.FEventIdx))
 	if err != nil {
 		return nil, err
 	}

@@ -59,10 +59,35 @@ type Options struct {
 	// sizes them from the queues. The pools are separate so that packets
 	// waiting to be sent can never starve the rx ring of buffers.
 	RxBuffers, TxBuffers int
+	// Ring chooses the virtqueue layout; the zero value takes packed
+	// rings when the device offers them.
+	Ring RingChoice
 	// CtrlTimeout bounds the wait for the device to answer a control
 	// command (default 2s). A command left unanswered takes the control
 	// queue out of service until the device is reset: Health reports it.
 	CtrlTimeout time.Duration
+}
+
+// RingChoice picks split or packed virtqueues (spec 2.7, 2.8).
+type RingChoice uint8
+
+const (
+	RingAuto   RingChoice = iota // packed when offered, else split
+	RingSplit                    // split even when packed is offered
+	RingPacked                   // packed, or refuse the device
+)
+
+// ParseRingChoice reads "auto", "split" or "packed".
+func ParseRingChoice(s string) (RingChoice, error) {
+	switch s {
+	case "", "auto":
+		return RingAuto, nil
+	case "split":
+		return RingSplit, nil
+	case "packed":
+		return RingPacked, nil
+	}
+	return 0, fmt.Errorf("ring layout %q: want auto, split or packed", s)
 }
 
 // Decline is an offered feature the driver did not accept, and why.
@@ -176,6 +201,16 @@ func (d *Device) negotiate() error {
 	var declined []Decline
 	decline := func(f virtio.Feature, format string, args ...any) {
 		declined = append(declined, Decline{f, fmt.Sprintf(format, args...)})
+	}
+	switch d.opts.Ring {
+	case RingSplit:
+		d.opts.Refuse |= 1 << virtio.FRingPacked
+	case RingPacked:
+		if !offered.Has(virtio.FRingPacked) || d.opts.Refuse.Has(virtio.FRingPacked) {
+			t.SetStatus(t.Status() | virtio.StatusFailed)
+			return &OpError{Op: "negotiate features", Dev: t.Name(), Err: fmt.Errorf(
+				"packed rings asked for, but the device does not offer VIRTIO_F_RING_PACKED (QEMU: packed=on): %w", virtio.ErrNotSupported)}
+		}
 	}
 	want := offered & Supported &^ d.opts.Refuse
 	if want.Has(virtio.FAccessPlatform) && translated(t) {
@@ -320,6 +355,14 @@ func (d *Device) maxFrame(tagged bool) int {
 	return d.mtu + ethHdrLen
 }
 
+// layout is the virtqueue format negotiated.
+func (d *Device) layout() virtqueue.Layout {
+	if d.features.Has(virtio.FRingPacked) {
+		return virtqueue.Packed
+	}
+	return virtqueue.Split
+}
+
 func (d *Device) queueSize(q int, asked uint16) (uint16, error) {
 	max := d.t.QueueMaxSize(q)
 	if max == 0 {
@@ -327,6 +370,16 @@ func (d *Device) queueSize(q int, asked uint16) (uint16, error) {
 	}
 	if max > virtqueue.MaxSize {
 		max = virtqueue.MaxSize
+	}
+	if d.layout() == virtqueue.Packed {
+		// Spec 2.8: any size up to the device's.
+		if asked == 0 {
+			return max, nil
+		}
+		if err := virtqueue.CheckPackedSize(asked); err != nil || asked > max {
+			return 0, fmt.Errorf("queue %d: size %d is not between 2 and the device's %d", q, asked, max)
+		}
+		return asked, nil
 	}
 	if virtqueue.CheckSize(max) != nil {
 		// Spec 2.7: split queue sizes are powers of two. Use the largest
@@ -361,16 +414,17 @@ func (d *Device) allocate() error {
 	fail := func(what string, err error) error {
 		return &OpError{Op: "allocate " + what, Dev: d.t.Name(), Err: err}
 	}
-	if d.rxRings, err = virtqueue.AllocRings(d.mem, rxSize); err != nil {
+	layout := d.layout()
+	if d.rxRings, err = virtqueue.AllocLayout(d.mem, layout, rxSize); err != nil {
 		return fail("rx rings", err)
 	}
-	if d.txRings, err = virtqueue.AllocRings(d.mem, txSize); err != nil {
+	if d.txRings, err = virtqueue.AllocLayout(d.mem, layout, txSize); err != nil {
 		return fail("tx rings", err)
 	}
-	if d.rx, err = virtqueue.New("rx0", d.rxRings, d.features.Has(virtio.FEventIdx)); err != nil {
+	if d.rx, err = virtqueue.NewRing("rx0", d.rxRings, d.features.Has(virtio.FEventIdx)); err != nil {
 		return fail("rx queue", err)
 	}
-	if d.tx, err = virtqueue.New("tx0", d.txRings, d.features.Has(virtio.FEventIdx)); err != nil {
+	if d.tx, err = virtqueue.NewRing("tx0", d.txRings, d.features.Has(virtio.FEventIdx)); err != nil {
 		return fail("tx queue", err)
 	}
 	mrg := d.features.Has(FMrgRxbuf)
@@ -604,6 +658,10 @@ type info struct {
 	MAC               []byte
 	MTU               int
 }
+
+// Layout is the virtqueue format in use: packed when the device offered
+// VIRTIO_F_RING_PACKED and it was not refused, split otherwise.
+func (d *Device) Layout() virtqueue.Layout { return d.rxRings.Layout }
 
 // QueueSizes returns the rx and tx queue sizes.
 func (d *Device) QueueSizes() (rx, tx uint16) { return d.rxRings.Size, d.txRings.Size }

@@ -3,7 +3,9 @@ package virtionet_test
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 
@@ -25,21 +27,52 @@ type rig struct {
 	pkts []*mbuf.Mbuf
 }
 
+// rigLayout is the ring layout every rig's device offers: TestMain runs
+// the package's tests once on split rings and once on packed ones, so the
+// driver is held to the same tests on both.
+var rigLayout = virtqueue.Split
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := m.Run()
+	// Benchmarks name their layout themselves (forLayouts).
+	if bench := flag.Lookup("test.bench"); code == 0 && (bench == nil || bench.Value.String() == "") {
+		fmt.Println("virtionet: the same tests on packed rings (VIRTIO_F_RING_PACKED)")
+		rigLayout = virtqueue.Packed
+		code = m.Run()
+	}
+	os.Exit(code)
+}
+
 func newRig(t testing.TB, mo devmodel.Options, vo virtionet.Options) *rig {
 	t.Helper()
 	r := &rig{t: t, heap: dma.NewHeap(32 << 20), pkts: make([]*mbuf.Mbuf, 64)}
 	if mo.Tx == nil {
 		mo.Tx = func(f []byte) { r.sent = append(r.sent, append([]byte(nil), f...)) }
 	}
+	if rigLayout == virtqueue.Packed {
+		if mo.Features == 0 {
+			mo.Features = devmodel.QEMUFeatures
+		}
+		mo.Features |= 1 << virtio.FRingPacked
+	}
 	r.dev = devmodel.New(r.heap, mo)
 	drv, err := virtionet.Open(r.dev, r.heap, vo)
 	if err != nil {
-		t.Fatalf("Open: %v", err)
+		t.Fatalf("Open (%v rings): %v", rigLayout, err)
 	}
 	r.drv = drv
+	if want := rigLayout; vo.Refuse.Has(virtio.FRingPacked) {
+		want = virtqueue.Split
+	} else if drv.Layout() != want {
+		t.Fatalf("the driver is on %v rings, want %v", drv.Layout(), want)
+	}
 	t.Cleanup(func() {
 		if err := r.dev.Err(); err != nil {
-			t.Errorf("device saw a driver error: %v", err)
+			t.Errorf("device saw a driver error (%v rings): %v", rigLayout, err)
+		}
+		if t.Failed() {
+			t.Logf("(on %v rings)", drv.Layout())
 		}
 	})
 	return r
@@ -112,7 +145,7 @@ func (r *rig) txFrames(frames ...[]byte) {
 
 func TestOpenNegotiates(t *testing.T) {
 	r := newRig(t, devmodel.Options{}, virtionet.Options{})
-	want := devmodel.QEMUFeatures & virtionet.Supported
+	want := r.dev.DeviceFeatures() & virtionet.Supported
 	if got := r.dev.DriverFeatures(); got != want {
 		t.Errorf("driver accepted %v, want %v", virtionet.FeatureList(got), virtionet.FeatureList(want))
 	}
@@ -368,12 +401,19 @@ func TestHostileDeviceRecovery(t *testing.T) {
 	}{
 		{"rx bad id", func(n *devmodel.Net) { n.InjectUsedID(devmodel.RxQueue, 999) }, true, virtqueue.ErrUsedID},
 		{"rx oversize", func(n *devmodel.Net) { n.InjectOversize(devmodel.RxQueue, 5000) }, true, virtqueue.ErrUsedLen},
+		// (Split only: a packed device that marks posted rx buffers used
+		// is indistinguishable from one that filled them with garbage;
+		// what the driver can catch there is an id not in flight, "rx
+		// bad id".)
 		{"rx index jump", func(n *devmodel.Net) { n.InjectUsedIdxJump(devmodel.RxQueue, 3000) }, true, virtqueue.ErrUsedIndex},
 		{"tx bad id", func(n *devmodel.Net) { n.InjectUsedID(devmodel.TxQueue, 7) }, false, virtqueue.ErrUsedID},
 		{"tx oversize", func(n *devmodel.Net) { n.InjectOversize(devmodel.TxQueue, 1) }, false, virtqueue.ErrUsedLen},
 		{"tx index jump", func(n *devmodel.Net) { n.InjectUsedIdxJump(devmodel.TxQueue, 77) }, false, virtqueue.ErrUsedIndex},
 	}
 	for _, c := range cases {
+		if c.name == "rx index jump" && rigLayout == virtqueue.Packed {
+			continue
+		}
 		t.Run(c.name, func(t *testing.T) {
 			r := newRig(t, devmodel.Options{}, virtionet.Options{})
 			pool := r.drv.RxPool()

@@ -64,13 +64,14 @@ var FeatureNames = map[virtio.Feature]string{
 // purpose: QEMU's user, stream and dgram backends have no vnet header and
 // never offer them, and the NKE chain must see whole, checksummed frames.
 //
+// RING_PACKED is preferred when offered (refuse it for split rings).
 // ACCESS_PLATFORM is accepted only where no IOMMU translates the device's
 // DMA (see negotiate); ORDER_PLATFORM because spec 6.1 says a driver
 // should, and the driver's barriers (sync/atomic, full fences on amd64)
 // are the platform's already. CTRL_MAC_ADDR lets a device without F_MAC
 // learn the random address the driver picks.
 const Supported = 1<<virtio.FVersion1 | 1<<virtio.FAccessPlatform | 1<<virtio.FOrderPlatform |
-	1<<virtio.FIndirectDesc | 1<<virtio.FEventIdx |
+	1<<virtio.FIndirectDesc | 1<<virtio.FEventIdx | 1<<virtio.FRingPacked |
 	1<<FMAC | 1<<FMTU | 1<<FStatus | 1<<FMrgRxbuf | 1<<FCtrlVQ | 1<<FCtrlRx | 1<<FCtrlMACAddr
 
 // Required must be offered or the device is refused.

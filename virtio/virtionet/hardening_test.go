@@ -13,6 +13,7 @@ import (
 	"github.com/nke-harness/nke/virtio"
 	"github.com/nke-harness/nke/virtio/devmodel"
 	"github.com/nke-harness/nke/virtio/virtionet"
+	"github.com/nke-harness/nke/virtio/virtqueue"
 )
 
 // behindIOMMU is a device whose DMA an IOMMU translates.
@@ -255,5 +256,41 @@ func TestRecoverDoesNotWaitForAControlCommand(t *testing.T) {
 	}
 	if err := <-done; !errors.Is(err, virtio.ErrDeviceBroken) || !strings.Contains(err.Error(), "reset before it answered") {
 		t.Fatalf("the waiting command returned %v, want the reset reported", err)
+	}
+}
+
+func TestRingChoice(t *testing.T) {
+	offered := devmodel.QEMUFeatures | 1<<virtio.FRingPacked
+	for _, c := range []struct {
+		choice virtionet.RingChoice
+		offer  virtio.Features
+		want   virtqueue.Layout
+	}{
+		{virtionet.RingAuto, offered, virtqueue.Packed},
+		{virtionet.RingAuto, devmodel.QEMUFeatures, virtqueue.Split},
+		{virtionet.RingSplit, offered, virtqueue.Split},
+		{virtionet.RingPacked, offered, virtqueue.Packed},
+	} {
+		heap := dma.NewHeap(8 << 20)
+		drv, err := virtionet.Open(devmodel.New(heap, devmodel.Options{Features: c.offer}), heap, virtionet.Options{Ring: c.choice})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if drv.Layout() != c.want || drv.Features().Has(virtio.FRingPacked) != (c.want == virtqueue.Packed) {
+			t.Errorf("choice %d, offered packed %v: %v rings, features %v", c.choice, c.offer.Has(virtio.FRingPacked), drv.Layout(), virtionet.FeatureList(drv.Features()))
+		}
+	}
+	heap := dma.NewHeap(8 << 20)
+	_, err := virtionet.Open(devmodel.New(heap, devmodel.Options{}), heap, virtionet.Options{Ring: virtionet.RingPacked})
+	if !errors.Is(err, virtio.ErrNotSupported) || !strings.Contains(err.Error(), "packed=on") {
+		t.Fatalf("packed asked of a device without it: %v", err)
+	}
+	for s, want := range map[string]virtionet.RingChoice{"": virtionet.RingAuto, "auto": virtionet.RingAuto, "split": virtionet.RingSplit, "packed": virtionet.RingPacked} {
+		if got, err := virtionet.ParseRingChoice(s); got != want || err != nil {
+			t.Errorf("ParseRingChoice(%q) = %v, %v", s, got, err)
+		}
+	}
+	if _, err := virtionet.ParseRingChoice("spilt"); err == nil {
+		t.Error("ParseRingChoice accepted a typo")
 	}
 }
