@@ -14,6 +14,7 @@ import (
 type ringDesc struct {
 	addr uint64
 	len  uint32
+	// +checkatomic
 	word uint32 // id | flags<<16
 }
 
