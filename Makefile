@@ -6,6 +6,8 @@
 GO    ?= go
 NKEVM := out/nkevm
 ARGS  ?=
+# Extra go test flags for the VM tests, e.g. VMTESTFLAGS='-run TestTapMTU -v'.
+VMTESTFLAGS ?=
 # Packages with goroutines sharing memory: their tests also run under -race.
 RACE  := ./kernel/mbuf/... ./kernel/ifnet/... ./kernel/services/... ./virtio/...
 
@@ -37,7 +39,7 @@ unit: $(NKEVM)
 vmtest: $(NKEVM)
 	@set -e; exports=$$($(NKEVM) vmtest-env $(ARGS)); eval "$$exports"; \
 		echo "$$exports" | sed 's/^export /vmtest: /' >&2; \
-		NKE_VMTEST_REQUIRED=1 $(GO) test -count=1 -timeout 45m ./vmtests/...
+		NKE_VMTEST_REQUIRED=1 $(GO) test -count=1 -timeout 45m $(VMTESTFLAGS) ./vmtests/...
 
 # Driver, ring, pool and dispatch costs against the device model, then the
 # guest's boot time in QEMU (three boots).
