@@ -35,7 +35,7 @@ func nkevm(t *testing.T) string {
 			return
 		}
 		nkevmOnce.path = filepath.Join(dir, "nkevm")
-		out, err := exec.Command("go", "build", "-o", nkevmOnce.path, "../tools/nkevm").CombinedOutput()
+		out, err := exec.Command("go", "build", "-buildvcs=false", "-o", nkevmOnce.path, "../tools/nkevm").CombinedOutput()
 		if err != nil {
 			nkevmOnce.err = fmt.Errorf("go build nkevm: %v\n%s", err, out)
 		}
