@@ -59,9 +59,17 @@ var (
 	}
 )
 
-// ErrToolsMissing is wrapped by EnsureTools when it could not install
-// what is missing.
+// ErrToolsMissing is wrapped by EnsureTools' errors when it could not
+// install what is missing.
 var ErrToolsMissing = errors.New("host tools missing")
+
+// toolsError is one sentence naming what is missing and what to run.
+type toolsError string
+
+func (e toolsError) Error() string { return string(e) }
+func (e toolsError) Unwrap() error { return ErrToolsMissing }
+
+func toolsErrorf(format string, a ...any) error { return toolsError(fmt.Sprintf(format, a...)) }
 
 // EnsureTools checks that every tool in ts is present. When some are
 // missing and this is a root shell on a Debian-family host it installs
@@ -116,16 +124,16 @@ func (h host) ensureTools(ctx context.Context, progress io.Writer, ts Tools) err
 	what := fmt.Sprintf("%s missing for %s (%s)", strings.Join(names, ", "), ts.Job, ts.Why)
 	switch {
 	case !h.hasApt():
-		return fmt.Errorf("%w: %s: install them with your package manager (Debian packages %s)", ErrToolsMissing, what, strings.Join(pkgs, " "))
+		return toolsErrorf("%s: install them with your package manager (Debian packages %s)", what, strings.Join(pkgs, " "))
 	case !h.root:
-		return fmt.Errorf("%w: %s: run `sudo apt-get install --no-install-recommends %s`, or run make as root, which installs them", ErrToolsMissing, what, strings.Join(pkgs, " "))
+		return toolsErrorf("%s: run `sudo apt-get install --no-install-recommends %s`, or run make as root, which installs them", what, strings.Join(pkgs, " "))
 	}
 	fmt.Fprintf(progress, "nke: %s; installing %s with apt-get\n", what, strings.Join(pkgs, " "))
 	if err := h.aptInstall(ctx, progress, pkgs...); err != nil {
 		return err
 	}
 	if still := h.missing(ts); len(still) > 0 {
-		return fmt.Errorf("%w: apt-get installed %s but %s is still missing (not on PATH?)", ErrToolsMissing, strings.Join(pkgs, " "), still[0])
+		return toolsErrorf("apt-get installed %s but %s is still missing (not on PATH?)", strings.Join(pkgs, " "), still[0])
 	}
 	fmt.Fprintf(progress, "nke: installed %s\n", strings.Join(pkgs, " "))
 	return nil
