@@ -117,8 +117,16 @@ func Build(ctx context.Context, cfg Config) (Image, error) {
 	}
 	img := Image{Path: out, Init: out + ".init"}
 
-	if err := goBuild(ctx, buildDir, pkg, img.Init, cfg.BuildFlags); err != nil {
-		return Image{}, err
+	if err := goBuild(ctx, buildDir, pkg, img.Init, "auto", cfg.BuildFlags); err != nil {
+		if !errors.Is(err, errNoVCSStatus) {
+			return Image{}, err
+		}
+		// Typically a checkout owned by another user (root in a
+		// container on a mounted workspace): git refuses to read it.
+		fmt.Fprintf(progress, "nke: building the guest init without its VCS revision: git cannot read the repository's status (another user's checkout? git config --global --add safe.directory %s)\n", modDir)
+		if err := goBuild(ctx, buildDir, pkg, img.Init, "false", cfg.BuildFlags); err != nil {
+			return Image{}, err
+		}
 	}
 	entries, err := plan(img.Init, cfg.Files)
 	if err != nil {
@@ -179,8 +187,8 @@ func isLocalPath(pkg string) bool {
 // which is what lets Build skip rewriting the archive. The VCS stamp stays
 // (explicitly, whatever GOFLAGS says): the guest reports its revision, and
 // it only changes with the source.
-func goBuild(ctx context.Context, dir, main, out string, extra []string) error {
-	args := []string{"build", "-trimpath", "-buildvcs=auto", "-ldflags=-s -w"}
+func goBuild(ctx context.Context, dir, main, out, buildvcs string, extra []string) error {
+	args := []string{"build", "-trimpath", "-buildvcs=" + buildvcs, "-ldflags=-s -w"}
 	args = append(args, extra...)
 	args = append(args, "-o", out, main)
 	c := exec.CommandContext(ctx, "go", args...)
@@ -189,11 +197,18 @@ func goBuild(ctx context.Context, dir, main, out string, extra []string) error {
 	var stderr bytes.Buffer
 	c.Stdout, c.Stderr = &stderr, &stderr
 	if err := c.Run(); err != nil {
+		if buildvcs != "false" && strings.Contains(stderr.String(), "error obtaining VCS status") {
+			err = fmt.Errorf("%w: %v", errNoVCSStatus, err)
+		}
 		return fmt.Errorf("building the guest init failed (go %s, in %s): %w\n%s",
 			strings.Join(args, " "), dir, err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
 }
+
+// errNoVCSStatus: go build could not stamp the VCS revision because git
+// failed (go says "error obtaining VCS status").
+var errNoVCSStatus = errors.New("go build cannot read the VCS status")
 
 // entry is one archive member before it is written.
 type entry struct {

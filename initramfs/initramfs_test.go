@@ -5,6 +5,7 @@ import (
 	"debug/elf"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -208,5 +209,29 @@ func TestBuildErrors(t *testing.T) {
 				t.Fatalf("Build() = %v, want an error containing %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestBuildWithoutVCSStatus: when git cannot report the status of the
+// repository around the init (another user's checkout, here a broken
+// .git), the image still builds, without the revision, and says why.
+func TestBuildWithoutVCSStatus(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("needs git: without it go build omits the VCS stamp silently")
+	}
+	main := tinyMain(t, "hello")
+	if err := os.Mkdir(filepath.Join(main, ".git"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var progress strings.Builder
+	img, err := Build(context.Background(), Config{Main: main, Output: filepath.Join(t.TempDir(), "i.cpio"), Progress: &progress})
+	if err != nil {
+		t.Fatalf("Build in a repository git cannot read: %v", err)
+	}
+	if !strings.Contains(progress.String(), "without its VCS revision") || !strings.Contains(progress.String(), "safe.directory") {
+		t.Errorf("progress does not say the revision is missing and how to fix it:\n%s", progress.String())
+	}
+	if _, err := os.Stat(img.Path); err != nil {
+		t.Errorf("no archive: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -20,11 +21,7 @@ import (
 // echo, UDP echo and a whole TCP exchange with the echo service.
 func TestFramePeer(t *testing.T) {
 	requireVM(t)
-	dir := t.TempDir()
-	// unix socket paths must be short; t.TempDir can be long.
-	if len(dir) > 80 {
-		t.Fatalf("temp dir %q too long for unix sockets", dir)
-	}
+	dir := shortTempDir(t)
 	p, _ := newFramePeer(t, dir)
 	nic := hostvm.NIC{Backend: hostvm.NetDgram, SocketPath: filepath.Join(dir, "qemu.sock"), PeerPath: filepath.Join(dir, "peer.sock"), MAC: guestMAC.String()}
 	args, err := nic.Args(0)
@@ -37,6 +34,23 @@ func TestFramePeer(t *testing.T) {
 	t.Run("ICMP", func(t *testing.T) { peerICMP(t, p) })
 	t.Run("UDP", func(t *testing.T) { peerUDP(t, p) })
 	t.Run("TCP", func(t *testing.T) { peerTCP(t, p) })
+}
+
+// shortTempDir is a temporary directory whose path leaves room for unix
+// socket names (108 bytes with the name): t.TempDir sits under $TMPDIR,
+// which CI systems often put deep in a workspace.
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if len(dir) <= 80 {
+		return dir
+	}
+	dir, err := os.MkdirTemp("/tmp", "nke-")
+	if err != nil {
+		t.Fatalf("no short temporary directory for unix sockets (%v); $TMPDIR is too deep", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 type arpFields struct {

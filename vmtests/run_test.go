@@ -35,7 +35,7 @@ func nkevm(t *testing.T) string {
 			return
 		}
 		nkevmOnce.path = filepath.Join(dir, "nkevm")
-		out, err := exec.Command("go", "build", "-o", nkevmOnce.path, "../tools/nkevm").CombinedOutput()
+		out, err := exec.Command("go", "build", "-buildvcs=false", "-o", nkevmOnce.path, "../tools/nkevm").CombinedOutput()
 		if err != nil {
 			nkevmOnce.err = fmt.Errorf("go build nkevm: %v\n%s", err, out)
 		}
@@ -143,7 +143,9 @@ func (l lockedBuf) Write(p []byte) (int, error) {
 func TestRunCommandErrors(t *testing.T) {
 	requireVM(t)
 	bin := nkevm(t)
-	ports := freePorts(t, 2)
+	// The busy port, and free ones for the cases that must get past the
+	// port check (not neighbours of a free port: those may be taken).
+	ports := freePorts(t, 3)
 	busy, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", ports[0]))
 	if err != nil {
 		t.Fatal(err)
@@ -155,8 +157,8 @@ func TestRunCommandErrors(t *testing.T) {
 		wants []string
 	}{
 		{"busy port", runEnv(ports[0], ports[1]), []string{fmt.Sprint(ports[0]), hostvm.EnvHTTPPort}},
-		{"missing kernel", append(runEnv(ports[1], ports[1]+1), hostvm.EnvKernel+"=/nonexistent/vmlinuz"), []string{"/nonexistent/vmlinuz", hostvm.EnvKernel}},
-		{"missing qemu", append(runEnv(ports[1], ports[1]+1), hostvm.EnvQEMU+"=/nonexistent/qemu"), []string{"/nonexistent/qemu", hostvm.EnvQEMU}},
+		{"missing kernel", append(runEnv(ports[1], ports[2]), hostvm.EnvKernel+"=/nonexistent/vmlinuz"), []string{"/nonexistent/vmlinuz", hostvm.EnvKernel}},
+		{"missing qemu", append(runEnv(ports[1], ports[2]), hostvm.EnvQEMU+"=/nonexistent/qemu"), []string{"/nonexistent/qemu", hostvm.EnvQEMU}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -80,18 +80,28 @@ func startGuest(t testing.TB, name string, qemuArgs []string, appendArgs ...stri
 // failed boot instead of failing the test.
 func bootGuest(t testing.TB, name string, qemuArgs []string, appendArgs ...string) (*vmGuest, string) {
 	t.Helper()
+	return bootGuestWith(t, name, qemuArgs, nil, nil, appendArgs...)
+}
+
+// bootGuestWith is bootGuest with extra vmtest options (say, QEMU run in
+// a network namespace) and a hook that sees the VM once QEMU started.
+func bootGuestWith(t testing.TB, name string, qemuArgs []string, extra []qemu.Fn, started func(*qemu.VM), appendArgs ...string) (*vmGuest, string) {
+	t.Helper()
 	requireVM(t)
 	g := &vmGuest{t: t, started: time.Now()}
-	fns := []qemu.Fn{
+	fns := append([]qemu.Fn{
 		qemu.ArbitraryArgs(qemuArgs...),
 		qemu.WithVMTimeout(vmTimeout),
 		qemu.HaltOnKernelPanic(),
-	}
+	}, extra...)
 	if len(appendArgs) > 0 {
 		fns = append(fns, qemu.WithAppendKernel(appendArgs...))
 	}
 	g.vm = qemu.StartT(t, name, qemu.ArchUseEnvv, fns...)
 	t.Cleanup(g.stop)
+	if started != nil {
+		started(g.vm)
+	}
 	out, err := g.vm.Console.Expect(expect.String(hostvm.ReadyLine, "boot failed"), expect.WithTimeout(readyTimeout))
 	g.Log = out
 	if err != nil {

@@ -61,6 +61,8 @@ type host struct {
 	cmd      commander
 	root     bool   // may run apt-get install/update
 	aptLists string // /var/lib/apt/lists
+	// stat checks that a file exists; nil means os.Stat.
+	stat func(string) (os.FileInfo, error)
 }
 
 func realHost() host {
@@ -84,6 +86,34 @@ func (h host) aptUpdate(ctx context.Context, progress io.Writer) error {
 	fmt.Fprintln(progress, "nke: apt-get update (refreshing package lists)")
 	if err := h.cmd.run(ctx, "", progress, "apt-get", "update"); err != nil {
 		return fmt.Errorf("refreshing package lists failed (network or apt sources?): %w", err)
+	}
+	return nil
+}
+
+// aptInstall installs pkgs with apt-get (root only): it refreshes the
+// package lists first when there are none, and once more when an install
+// from existing lists fails, since stale lists name .debs the mirror no
+// longer has.
+func (h host) aptInstall(ctx context.Context, progress io.Writer, pkgs ...string) error {
+	updated := false
+	if !h.aptListsPresent() {
+		if err := h.aptUpdate(ctx, progress); err != nil {
+			return err
+		}
+		updated = true
+	}
+	install := func() error {
+		args := append([]string{"install", "-y", "--no-install-recommends"}, pkgs...)
+		return h.cmd.run(ctx, "", progress, "apt-get", args...)
+	}
+	err := install()
+	if err != nil && !updated {
+		if err = h.aptUpdate(ctx, progress); err == nil {
+			err = install()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("installing %s failed: %w", strings.Join(pkgs, " "), err)
 	}
 	return nil
 }

@@ -81,7 +81,15 @@ const (
 	// NetDgram is a pair of unix datagram sockets, one datagram per
 	// Ethernet frame; either side may start first.
 	NetDgram NetBackend = "dgram"
+	// NetTap is an existing tap interface (NIC.Ifname) in the network
+	// namespace QEMU runs in: the guest is a host on that wire. QEMU
+	// runs no ifup/ifdown scripts, so whoever created the tap configures
+	// it (address, MTU, link up).
+	NetTap NetBackend = "tap"
 )
+
+// ifnameMax is the longest Linux interface name (IFNAMSIZ - 1).
+const ifnameMax = 15
 
 // Proto is a transport protocol for a host forward.
 type Proto string
@@ -109,6 +117,8 @@ type NIC struct {
 	SocketPath string
 	// PeerPath is the host program's datagram socket (NetDgram only).
 	PeerPath string
+	// Ifname is the tap interface (NetTap only).
+	Ifname string
 	// Pcap, if set, captures the backend's traffic with QEMU's
 	// filter-dump: a witness independent of the guest driver.
 	Pcap string
@@ -118,6 +128,13 @@ type NIC struct {
 	EventIdx     Switch // VIRTIO_RING_F_EVENT_IDX
 	IndirectDesc Switch // VIRTIO_RING_F_INDIRECT_DESC
 	Packed       Switch // VIRTIO_F_RING_PACKED
+	// CtrlVQ is VIRTIO_NET_F_CTRL_VQ. Off, QEMU still offers the
+	// features that need it (CTRL_RX and the like), which the driver
+	// must then decline.
+	CtrlVQ Switch
+	// HostMTU, if set, offers VIRTIO_NET_F_MTU with this MTU (QEMU's
+	// host_mtu, 68..65535); 0 offers no MTU.
+	HostMTU int
 	// Queue sizes: powers of two in [256, 1024]; 0 keeps QEMU's 256.
 	// QEMU clamps tx to 256 for every backend but vhost-user.
 	RxQueueSize int
@@ -299,6 +316,9 @@ func (n NIC) Args(index int) ([]string, error) {
 		if n.SocketPath != "" || n.PeerPath != "" {
 			return nil, errf("socket paths are for %q and %q backends, not %q", NetStream, NetDgram, NetUser)
 		}
+		if n.Ifname != "" {
+			return nil, errf("Ifname is for %q backends, not %q", NetTap, NetUser)
+		}
 		_, ipnet, _ := net.ParseCIDR(GuestNet)
 		netdev = fmt.Sprintf("user,id=%s,net=%s,host=%s,dhcpstart=%s,ipv6=off",
 			id, ipnet, GatewayIP, GuestIP)
@@ -322,18 +342,26 @@ func (n NIC) Args(index int) ([]string, error) {
 			netdev += fmt.Sprintf(",hostfwd=%s:127.0.0.1:%d-:%d", proto, f.HostPort, f.GuestPort)
 		}
 	case NetStream:
-		if n.SocketPath == "" || n.PeerPath != "" || len(n.Forwards) > 0 {
+		if n.SocketPath == "" || n.PeerPath != "" || n.Ifname != "" || len(n.Forwards) > 0 {
 			return nil, errf("%q needs SocketPath (QEMU listens there) and nothing else", NetStream)
 		}
 		netdev = fmt.Sprintf("stream,id=%s,server=on,addr.type=unix,addr.path=%s", id, n.SocketPath)
 	case NetDgram:
-		if n.SocketPath == "" || n.PeerPath == "" || len(n.Forwards) > 0 {
+		if n.SocketPath == "" || n.PeerPath == "" || n.Ifname != "" || len(n.Forwards) > 0 {
 			return nil, errf("%q needs SocketPath (QEMU's socket) and PeerPath (yours)", NetDgram)
 		}
 		netdev = fmt.Sprintf("dgram,id=%s,local.type=unix,local.path=%s,remote.type=unix,remote.path=%s",
 			id, n.SocketPath, n.PeerPath)
+	case NetTap:
+		if n.SocketPath != "" || n.PeerPath != "" || len(n.Forwards) > 0 {
+			return nil, errf("%q needs Ifname (an existing tap interface) and nothing else", NetTap)
+		}
+		if n.Ifname == "" || len(n.Ifname) > ifnameMax || strings.ContainsAny(n.Ifname, ",/: \t\n") {
+			return nil, errf("tap interface name %q: want 1 to %d characters without ',', '/', ':' or spaces", n.Ifname, ifnameMax)
+		}
+		netdev = fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", id, n.Ifname)
 	default:
-		return nil, errf("unknown backend %q; use %q, %q or %q", n.Backend, NetUser, NetStream, NetDgram)
+		return nil, errf("unknown backend %q; use %q, %q, %q or %q", n.Backend, NetUser, NetStream, NetDgram, NetTap)
 	}
 	for _, p := range []string{n.SocketPath, n.PeerPath, n.Pcap} {
 		if strings.Contains(p, ",") {
@@ -361,6 +389,7 @@ func (n NIC) Args(index int) ([]string, error) {
 		{"event_idx", n.EventIdx},
 		{"indirect_desc", n.IndirectDesc},
 		{"packed", n.Packed},
+		{"ctrl_vq", n.CtrlVQ},
 	} {
 		switch sw.v {
 		case Default:
@@ -384,6 +413,12 @@ func (n NIC) Args(index int) ([]string, error) {
 			return nil, errf("%s %d: QEMU accepts a power of two from 256 to 1024", q.name, q.v)
 		}
 		dev = append(dev, fmt.Sprintf("%s=%d", q.name, q.v))
+	}
+	if n.HostMTU != 0 {
+		if n.HostMTU < 68 || n.HostMTU > 65535 {
+			return nil, errf("host_mtu %d: want 68 (the IPv4 minimum) to 65535, or 0 for no MTU feature", n.HostMTU)
+		}
+		dev = append(dev, fmt.Sprintf("host_mtu=%d", n.HostMTU))
 	}
 
 	args := []string{"-netdev", netdev, "-device", strings.Join(dev, ",")}

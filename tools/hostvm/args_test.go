@@ -97,7 +97,7 @@ func TestOptionsArgsErrors(t *testing.T) {
 		{"space in env", func(o *Options) { o.InitEnv = []string{"A=b c"} }, "without spaces"},
 		{"dash-dash in append", func(o *Options) { o.Append = []string{"--"} }, "use InitArgs"},
 		{"empty init arg", func(o *Options) { o.InitArgs = []string{""} }, "must be non-empty"},
-		{"bad NIC", func(o *Options) { o.NICs = []NIC{{}, {Backend: "tap"}} }, `NIC 1: unknown backend "tap"`},
+		{"bad NIC", func(o *Options) { o.NICs = []NIC{{}, {Backend: "vhost-user"}} }, `NIC 1: unknown backend "vhost-user"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := base
@@ -120,13 +120,29 @@ func TestNICArgs(t *testing.T) {
 			name: "stream with every device option",
 			nic: NIC{
 				Backend: NetStream, SocketPath: "/tmp/n.sock",
-				MAC: "52:54:00:AB:CD:EF", MrgRxbuf: Off, EventIdx: On, IndirectDesc: Off, Packed: On,
-				RxQueueSize: 1024, TxQueueSize: 256,
+				MAC: "52:54:00:AB:CD:EF", MrgRxbuf: Off, EventIdx: On, IndirectDesc: Off, Packed: On, CtrlVQ: Off,
+				RxQueueSize: 1024, TxQueueSize: 256, HostMTU: 9000,
 			},
 			want: []string{
 				"-netdev", "stream,id=n3,server=on,addr.type=unix,addr.path=/tmp/n.sock",
 				"-device", "virtio-net-pci,netdev=n3,id=nic3,disable-legacy=on,romfile=,mac=52:54:00:ab:cd:ef," +
-					"mrg_rxbuf=off,event_idx=on,indirect_desc=off,packed=on,rx_queue_size=1024,tx_queue_size=256",
+					"mrg_rxbuf=off,event_idx=on,indirect_desc=off,packed=on,ctrl_vq=off,rx_queue_size=1024,tx_queue_size=256,host_mtu=9000",
+			},
+		},
+		{
+			name: "tap with host MTU",
+			nic:  NIC{Backend: NetTap, Ifname: "nketap0", HostMTU: 9000, MrgRxbuf: On},
+			want: []string{
+				"-netdev", "tap,id=n3,ifname=nketap0,script=no,downscript=no",
+				"-device", "virtio-net-pci,netdev=n3,id=nic3,disable-legacy=on,romfile=,mrg_rxbuf=on,host_mtu=9000",
+			},
+		},
+		{
+			name: "control queue on, smallest MTU",
+			nic:  NIC{CtrlVQ: On, HostMTU: 68},
+			want: []string{
+				"-netdev", "user,id=n3,net=10.0.2.0/24,host=10.0.2.2,dhcpstart=10.0.2.15,ipv6=off",
+				"-device", "virtio-net-pci,netdev=n3,id=nic3,disable-legacy=on,romfile=,ctrl_vq=on,host_mtu=68",
 			},
 		},
 		{
@@ -179,6 +195,18 @@ func TestNICArgsErrors(t *testing.T) {
 		{"bad proto", NIC{Forwards: []Forward{{"sctp", 1, 1}}}, `protocol "sctp"`},
 		{"duplicate forward", NIC{Forwards: []Forward{{TCP, 8080, 80}, {"", 8080, 81}}}, "forwarded twice"},
 		{"bad switch", NIC{Packed: Switch(9)}, "packed: invalid switch value 9"},
+		{"bad ctrl_vq switch", NIC{CtrlVQ: Switch(3)}, "ctrl_vq: invalid switch value 3"},
+		{"host MTU too small", NIC{HostMTU: 67}, "host_mtu 67: want 68"},
+		{"host MTU too big", NIC{HostMTU: 65536}, "host_mtu 65536"},
+		{"negative host MTU", NIC{HostMTU: -1}, "host_mtu -1"},
+		{"tap without ifname", NIC{Backend: NetTap}, `tap interface name ""`},
+		{"tap ifname too long", NIC{Backend: NetTap, Ifname: "a-very-long-tap0"}, `tap interface name "a-very-long-tap0": want 1 to 15`},
+		{"tap ifname with comma", NIC{Backend: NetTap, Ifname: "tap,0"}, "without ','"},
+		{"tap with forwards", NIC{Backend: NetTap, Ifname: "t", Forwards: []Forward{{TCP, 1, 2}}}, "needs Ifname"},
+		{"tap with socket", NIC{Backend: NetTap, Ifname: "t", SocketPath: "s"}, "needs Ifname"},
+		{"user with ifname", NIC{Ifname: "tap0"}, `Ifname is for "tap" backends`},
+		{"dgram with ifname", NIC{Backend: NetDgram, SocketPath: "s", PeerPath: "p", Ifname: "t"}, "needs SocketPath"},
+		{"unknown backend", NIC{Backend: "vde"}, `unknown backend "vde"; use "user", "stream", "dgram" or "tap"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := tc.nic.Args(0)

@@ -65,25 +65,8 @@ func (h host) ensureQEMU(ctx context.Context, progress io.Writer) (string, error
 		return "", fmt.Errorf("%s is not installed: run `sudo apt-get install --no-install-recommends %s`, or set %s to its path", qemuBinary, qemuPackage, EnvQEMU)
 	}
 	fmt.Fprintf(progress, "nke: %s not found; installing %s with apt-get\n", qemuBinary, qemuPackage)
-	updated := false
-	if !h.aptListsPresent() {
-		if err := h.aptUpdate(ctx, progress); err != nil {
-			return "", err
-		}
-		updated = true
-	}
-	install := func() error {
-		return h.cmd.run(ctx, "", progress, "apt-get", "install", "-y", "--no-install-recommends", qemuPackage)
-	}
-	err := install()
-	if err != nil && !updated {
-		// Stale lists name .debs the mirror no longer has.
-		if err = h.aptUpdate(ctx, progress); err == nil {
-			err = install()
-		}
-	}
-	if err != nil {
-		return "", fmt.Errorf("installing %s failed: %w", qemuPackage, err)
+	if err := h.aptInstall(ctx, progress, qemuPackage); err != nil {
+		return "", err
 	}
 	p, err := h.cmd.lookPath(qemuBinary)
 	if err != nil {

@@ -41,7 +41,7 @@ func fakeQEMU(mode string) {
 	}
 	fmt.Printf("%s on :80 and :7\r\n", ReadyLine)
 	if mode == "stubborn" {
-		select {}
+		blockForever()
 	}
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
@@ -51,7 +51,18 @@ func fakeQEMU(mode string) {
 		}
 		fmt.Printf("guest got %q\r\n", sc.Text())
 	}
-	select {} // like QEMU, ignore EOF on stdin
+	blockForever() // like QEMU, ignore EOF on stdin
+}
+
+// blockForever parks the fake until it is killed. Not select {}: in a
+// binary without cgo (CGO_ENABLED=0, the default where no C compiler is
+// installed) the runtime sees no goroutine that could ever run again and
+// exits with "all goroutines are asleep - deadlock!" (status 2). A
+// pending timer keeps that check from firing.
+func blockForever() {
+	for {
+		time.Sleep(time.Hour)
+	}
 }
 
 // syncBuffer is a bytes.Buffer safe to read while Run writes to it.

@@ -5,6 +5,7 @@
 //	nkevm run [-- ARGS]       install QEMU if needed, fetch, build, boot
 //	nkevm qemu-args [-- ARGS] print the QEMU command line run would use
 //	nkevm vmtest-env          prepare everything, print shell exports for the VM tests
+//	nkevm deps race|vmtest    install missing host tools for go test -race or the VM tests
 //
 // Progress goes to stderr; stdout carries only the requested output.
 package main
@@ -29,7 +30,8 @@ commands:
   image       build the initramfs, print its path
   run         install QEMU if needed, get the kernel, build the image, boot; Ctrl-C powers off
   qemu-args   print the QEMU command line that run would use
-  vmtest-env  prepare QEMU, kernel and image; print shell exports for go test ./vmtests/...
+  vmtest-env  prepare QEMU, the VM tests' network tools, kernel and image; print shell exports for go test ./vmtests/...
+  deps SET    install missing host tools (apt-get, as root): race (C compiler for go test -race) or vmtest
 
 flags:
 `
@@ -58,6 +60,13 @@ func main() {
 		os.Exit(2)
 	}
 	cmd := os.Args[1]
+	if cmd == "deps" { // takes a tool set, none of the VM flags
+		if err := cmdDeps(context.Background(), os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "nkevm deps: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := parse(fs, f, os.Args[2:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
@@ -178,6 +187,20 @@ func cmdRun(ctx context.Context, f *flags) error {
 	return err
 }
 
+// toolSets are the host tool sets nkevm deps installs.
+var toolSets = map[string]hostvm.Tools{"race": hostvm.RaceTools, "vmtest": hostvm.VMTestTools}
+
+func cmdDeps(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("want one tool set, race or vmtest (got %q)", args)
+	}
+	ts, ok := toolSets[args[0]]
+	if !ok {
+		return fmt.Errorf("unknown tool set %q; use race or vmtest", args[0])
+	}
+	return hostvm.EnsureTools(ctx, os.Stderr, ts)
+}
+
 func cmdQEMUArgs(ctx context.Context, f *flags) error {
 	_, args, err := commandLine(ctx, f, false)
 	if err != nil {
@@ -207,6 +230,9 @@ func commandLine(ctx context.Context, f *flags, install bool) (hostvm.Options, [
 func cmdVMTestEnv(ctx context.Context, f *flags) error {
 	qemu, err := qemuPath(ctx, f, true)
 	if err != nil {
+		return err
+	}
+	if err := hostvm.EnsureTools(ctx, os.Stderr, hostvm.VMTestTools); err != nil {
 		return err
 	}
 	opts, k, err := options(ctx, f, qemu)

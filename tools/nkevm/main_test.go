@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -66,5 +67,25 @@ func TestParse(t *testing.T) {
 				t.Errorf("parse(%q) mismatch (-want +got):\n%s", tc.args, diff)
 			}
 		})
+	}
+}
+
+func TestCmdDepsArgs(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{nil, "want one tool set, race or vmtest"},
+		{[]string{"race", "vmtest"}, "want one tool set"},
+		{[]string{"qemu"}, `unknown tool set "qemu"`},
+	} {
+		if err := cmdDeps(context.Background(), tc.args); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("cmdDeps(%q) = %v, want an error containing %q", tc.args, err, tc.wantErr)
+		}
+	}
+	for name, ts := range toolSets {
+		if len(ts.List) == 0 {
+			t.Errorf("tool set %s is empty", name)
+		}
 	}
 }
