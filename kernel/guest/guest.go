@@ -177,6 +177,12 @@ func Main() {
 
 // Boot brings everything up and returns once the services listen.
 func Boot(logf func(string, ...any)) (*Guest, error) {
+	// The settings are on the kernel command line, which /proc shows:
+	// mount first (Setup's mounts are idempotent), or every nke.* setting
+	// is silently ignored.
+	if err := initproc.MountAll(initproc.DefaultMounts()); err != nil {
+		return nil, err
+	}
 	set, err := ReadSettings(initproc.Setting)
 	if err != nil {
 		return nil, err
