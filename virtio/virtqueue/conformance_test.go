@@ -164,9 +164,9 @@ func (e *env) pop() Chain {
 	return c
 }
 
-func (e *env) reap(max int) []Used {
+func (e *env) reap(limit int) []Used {
 	e.t.Helper()
-	out := make([]Used, max)
+	out := make([]Used, limit)
 	n, err := e.drv.Reap(out)
 	if err != nil {
 		e.t.Fatalf("Reap: %v", err)
