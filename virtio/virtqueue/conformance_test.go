@@ -164,9 +164,9 @@ func (e *env) pop() Chain {
 	return c
 }
 
-func (e *env) reap(max int) []Used {
+func (e *env) reap(limit int) []Used {
 	e.t.Helper()
-	out := make([]Used, max)
+	out := make([]Used, limit)
 	n, err := e.drv.Reap(out)
 	if err != nil {
 		e.t.Fatalf("Reap: %v", err)
@@ -595,6 +595,7 @@ func TestRingPollMode(t *testing.T) {
 func TestRingHostileDevice(t *testing.T) {
 	common := []hostileCase{
 		{"id out of range", func(e *env, ids []uint16) { e.dev.PushRaw(99, 0) }, ErrUsedID},
+		{"id equal to the size", func(e *env, ids []uint16) { e.dev.PushRaw(uint32(e.drv.Size()), 0) }, ErrUsedID},
 		{"id not in flight", func(e *env, ids []uint16) { e.dev.PushRaw(5, 0) }, ErrUsedID},
 		{"length too big", func(e *env, ids []uint16) { e.dev.PushRaw(uint32(ids[0]), 65) }, ErrUsedLen},
 		{"readable buffer written", func(e *env, ids []uint16) {

@@ -1,8 +1,8 @@
-// Package virtqueue implements the driver side of virtio split virtqueues
-// (virtio 1.2, section 2.7) over DMA memory, and the ring views a device
-// model needs for the other side.
+// Package virtqueue implements the driver side of virtio split (virtio 1.2,
+// section 2.7) and packed (section 2.8) virtqueues over DMA memory, and the
+// device side a device model needs for the other end.
 //
-// A Queue is owned by one goroutine. The device is another agent writing the
+// A Queue or PackedQueue is owned by one goroutine. The device is another agent writing the
 // same memory: every value it writes (used indices, ids, lengths, event
 // indices) is validated before use, and a violation marks the queue broken
 // until the device is reset.

@@ -309,17 +309,16 @@ func (q *PackedQueue) HasUsed() bool {
 	return isUsed(uint16(w>>16), q.usedWrap)
 }
 
-// Reap consumes up to len(out) used buffers (spec 2.8.22). A descriptor at
-// the used position is used when AVAIL == USED == the used wrap counter; its
-// atomic load orders the reads of its id and len after it, and each is read
-// once. Reap refuses, with a *DeviceError that breaks the queue until Reset:
-// a used descriptor when no published buffer is in flight (ErrUsedIndex), an
-// id that names no published buffer in flight (ErrUsedID), and a length above
-// the buffer's writable bytes (ErrUsedLen). The length is taken whether or
-// not the used descriptor has WRITE: spec 2.8.4 calls it reserved without,
-// but QEMU never sets WRITE in used descriptors and Linux reads it anyway.
-// The used position then skips the buffer's descriptor count, known
-// privately (spec 2.8.6), so completions may come in any order.
+// Reap consumes up to len(out) used buffers (spec 2.8.22). The descriptor
+// at the used position is used when AVAIL == USED == the used wrap counter;
+// that atomic load orders the reads of id and len, each read once. Refused
+// with a *DeviceError, which breaks the queue until Reset: a used descriptor
+// while no published buffer is in flight (ErrUsedIndex), an id naming no
+// published buffer in flight (ErrUsedID), a length above the buffer's
+// writable bytes (ErrUsedLen). The used position then skips the buffer's
+// privately known descriptor count (spec 2.8.6), so completions may come in
+// any order. len counts even without WRITE, which spec 2.8.4 would allow to
+// ignore, because QEMU never sets WRITE in used descriptors.
 func (q *PackedQueue) Reap(out []Used) (int, error) {
 	if q.broken != nil {
 		return 0, q.broken

@@ -10,8 +10,8 @@ var _ DeviceRing = (*PackedDeviceQueue)(nil)
 // unpopDepth is how many pops Unpop can take back.
 const unpopDepth = 64
 
-// PackedDeviceQueue is the device side of a packed virtqueue over the same
-// memory a PackedQueue drives, for in-process device models. Like a real
+// PackedDeviceQueue is the device side of a packed virtqueue (spec 2.8)
+// over the same memory a PackedQueue drives, for in-process device models. Like a real
 // device it validates every buffer the driver offers. It is not safe for
 // concurrent use (a device model holds its own lock), but every access to
 // ring memory the driver may write concurrently is atomic or ordered by an

@@ -397,8 +397,8 @@ func runExchange(t testing.TB, lc layoutCase, p *prog) {
 		recent++
 		return true
 	}
-	reap := func(max int) int {
-		n, err := e.drv.Reap(out[:max])
+	reap := func(limit int) int {
+		n, err := e.drv.Reap(out[:limit])
 		if err != nil {
 			fail("Reap: %v", err)
 		}

@@ -18,7 +18,9 @@ type ringDesc struct {
 	word uint32 // id | flags<<16
 }
 
-// packedView is typed access to one packed queue's three areas.
+// packedView is typed access to one packed queue's three areas (spec 2.8):
+// the descriptor ring and the two event suppression structures, each of
+// which is one 32-bit word (off_wrap in the low half, flags in the high).
 type packedView struct {
 	size     uint16
 	ring     []ringDesc
