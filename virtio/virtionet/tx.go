@@ -23,9 +23,11 @@ func (d *Device) TxBurst(pkts []*mbuf.Mbuf) (int, error) {
 		return 0, err
 	}
 	indirect := d.features.Has(virtio.FIndirectDesc)
+	// Spec 2.7.5.3.1: no chain, an indirect one included, longer than
+	// the queue.
 	limit := int(d.tx.Size())
 	if indirect {
-		limit = d.txTableSize
+		limit = min(limit, d.txTableSize)
 	}
 	var sent, bytes, badSize, noBuf, badChain int
 	i := 0

@@ -680,6 +680,9 @@ func TestRingDeviceRefusesBadChains(t *testing.T) {
 			e.lc.raw(e, 0, rawDesc{dma.HeapBase, 16, DescFWrite | DescFNext}, rawDesc{dma.HeapBase, 16, 0})
 		}},
 		{"address outside memory", false, func(e *env) { e.lc.raw(e, 0, rawDesc{0x10, 1, 0}) }},
+		{"empty buffer", false, func(e *env) {
+			e.lc.raw(e, 0, rawDesc{dma.HeapBase, 16, DescFNext}, rawDesc{dma.HeapBase, 0, 0})
+		}},
 		{"length past the end of memory", false, func(e *env) {
 			e.lc.raw(e, 0, rawDesc{dma.HeapBase + envHeap - 8, 16, 0})
 		}},

@@ -104,6 +104,10 @@ func (d *DeviceQueue) walk(head uint16, c *Chain) (bool, error) {
 			}
 			continue
 		}
+		if desc.Len == 0 {
+			// QEMU: "zero sized buffers are not allowed", fatal.
+			return false, fmt.Errorf("%w: empty buffer in the chain from %d", ErrBadChain, head)
+		}
 		b, ok := d.mem.Slice(desc.Addr, int(desc.Len))
 		if !ok {
 			return false, fmt.Errorf("%w: buffer %#x+%d outside memory", ErrBadChain, desc.Addr, desc.Len)

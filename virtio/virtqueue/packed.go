@@ -152,7 +152,7 @@ func (q *PackedQueue) PeekID() (uint16, bool) {
 
 // Add1 adds a one-descriptor buffer.
 func (q *PackedQueue) Add1(addr uint64, n uint32, writable bool) (uint16, bool) {
-	if q.numFree == 0 || q.broken != nil {
+	if q.numFree == 0 || q.broken != nil || n == 0 {
 		return 0, false
 	}
 	var flags uint16

@@ -183,6 +183,10 @@ func (d *PackedDeviceQueue) table(addr uint64, l uint32, flags, n uint16, c *Cha
 }
 
 func (d *PackedDeviceQueue) buffer(addr uint64, l uint32, write bool, c *Chain) error {
+	if l == 0 {
+		// QEMU: "zero sized buffers are not allowed", fatal.
+		return fmt.Errorf("%w: empty buffer", ErrBadChain)
+	}
 	b, ok := d.mem.Slice(addr, int(l))
 	if !ok {
 		return fmt.Errorf("%w: buffer %#x+%d outside memory", ErrBadChain, addr, l)

@@ -3,6 +3,7 @@ package virtqueue
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sync/atomic"
 
 	"github.com/nke-harness/nke/kernel/dma"
@@ -57,7 +58,8 @@ type Queue struct {
 	mask     uint16
 	eventIdx bool
 
-	availIdx   uint16 // next avail.idx to publish (free-running)
+	availIdx   uint16 // avail.idx after the chains added (free-running)
+	pubIdx     uint16 // avail.idx as last published
 	availFlags uint16
 	kickedIdx  uint16 // avail.idx when the last kick decision was made
 	lastUsed   uint16 // next used.idx to consume (free-running)
@@ -69,6 +71,8 @@ type Queue struct {
 	next     []uint16 // private copy of each descriptor's next
 	chainLen []uint16 // per head: descriptors in its chain (0 = not in flight)
 	writable []uint32 // per head: bytes the device may write
+	pub      []bool   // per head: published, so the device may complete it
+	added    []uint16 // private copy of the avail ring's entries
 	broken   error
 }
 
@@ -87,6 +91,8 @@ func New(name string, r Rings, eventIdx bool) (*Queue, error) {
 		next:     make([]uint16, r.Size),
 		chainLen: make([]uint16, r.Size),
 		writable: make([]uint32, r.Size),
+		pub:      make([]bool, r.Size),
+		added:    make([]uint16, r.Size),
 	}
 	clear(r.Desc.Buf)
 	clear(r.Driver.Buf)
@@ -104,6 +110,7 @@ func (q *Queue) Reset() {
 		q.next[i] = uint16(i + 1)
 		q.chainLen[i] = 0
 		q.writable[i] = 0
+		q.pub[i] = false
 	}
 	clear(q.v.desc)
 	clear(q.v.availRing)
@@ -112,7 +119,7 @@ func (q *Queue) Reset() {
 	atomic.StoreUint32(q.v.usedEvent, 0)
 	atomic.StoreUint32(q.v.availEvnt, 0)
 	q.freeHead, q.numFree, q.inFlight = 0, q.v.size, 0
-	q.availIdx, q.kickedIdx, q.lastUsed = 0, 0, 0
+	q.availIdx, q.pubIdx, q.kickedIdx, q.lastUsed = 0, 0, 0, 0
 	q.broken = nil
 	// Poll mode: ask for no interrupts. With EVENT_IDX the flag is ignored
 	// and used_event does the job (see Reap).
@@ -160,7 +167,7 @@ func (q *Queue) PeekID() (uint16, bool) {
 // when the queue is full or broken. The chain becomes visible to the device
 // at the next Publish.
 func (q *Queue) Add1(addr uint64, n uint32, writable bool) (uint16, bool) {
-	if q.numFree == 0 || q.broken != nil {
+	if q.numFree == 0 || q.broken != nil || n == 0 {
 		return 0, false
 	}
 	head := q.freeHead
@@ -177,6 +184,7 @@ func (q *Queue) Add1(addr uint64, n uint32, writable bool) (uint16, bool) {
 	q.chainLen[head] = 1
 	q.inFlight++
 	q.v.availRing[q.availIdx&q.mask] = head
+	q.added[q.availIdx&q.mask] = head
 	q.availIdx++
 	return head, true
 }
@@ -190,12 +198,12 @@ func (q *Queue) AddChain(segs []Seg) (uint16, bool) {
 	}
 	head := q.freeHead
 	id := head
-	var w uint32
+	var w uint64
 	for i, s := range segs {
 		flags := uint16(0)
 		if s.Writable {
 			flags = DescFWrite
-			w += s.Len
+			w += uint64(s.Len)
 		}
 		nxt := q.next[id]
 		if i < len(segs)-1 {
@@ -209,9 +217,10 @@ func (q *Queue) AddChain(segs []Seg) (uint16, bool) {
 	q.freeHead = q.next[id]
 	q.numFree -= uint16(len(segs))
 	q.chainLen[head] = uint16(len(segs))
-	q.writable[head] = w
+	q.writable[head] = uint32(min(w, math.MaxUint32))
 	q.inFlight++
 	q.v.availRing[q.availIdx&q.mask] = head
+	q.added[q.availIdx&q.mask] = head
 	q.availIdx++
 	return head, true
 }
@@ -221,16 +230,18 @@ func (q *Queue) AddChain(segs []Seg) (uint16, bool) {
 // negotiated. table must stay untouched until the chain is reaped.
 func (q *Queue) AddIndirect(table dma.Block, segs []Seg) (uint16, bool) {
 	descs := DescTable(table.Buf)
-	if len(segs) == 0 || len(segs) > len(descs) || table.Addr%DescAlign != 0 ||
+	// Spec 2.7.5.3.1: no chain, indirect ones included, longer than the
+	// queue.
+	if len(segs) == 0 || len(segs) > len(descs) || len(segs) > int(q.v.size) || table.Addr%DescAlign != 0 ||
 		q.numFree == 0 || q.broken != nil || !ordered(segs) {
 		return 0, false
 	}
-	var w uint32
+	var w uint64
 	for i, s := range segs {
 		flags := uint16(0)
 		if s.Writable {
 			flags = DescFWrite
-			w += s.Len
+			w += uint64(s.Len)
 		}
 		if i < len(segs)-1 {
 			flags |= DescFNext
@@ -242,16 +253,22 @@ func (q *Queue) AddIndirect(table dma.Block, segs []Seg) (uint16, bool) {
 	q.numFree--
 	q.v.desc[head] = Desc{Addr: table.Addr, Len: uint32(16 * len(segs)), Flags: DescFIndirect}
 	q.chainLen[head] = 1
-	q.writable[head] = w
+	q.writable[head] = uint32(min(w, math.MaxUint32))
 	q.inFlight++
 	q.v.availRing[q.availIdx&q.mask] = head
+	q.added[q.availIdx&q.mask] = head
 	q.availIdx++
 	return head, true
 }
 
+// ordered reports whether segs make a valid chain: no empty buffer (QEMU
+// refuses them) and no readable one after a writable one.
 func ordered(segs []Seg) bool {
 	seenW := false
 	for _, s := range segs {
+		if s.Len == 0 {
+			return false
+		}
 		if s.Writable {
 			seenW = true
 		} else if seenW {
@@ -266,6 +283,10 @@ func ordered(segs []Seg) bool {
 // and the atomic store of avail.idx orders them before it (spec 2.7.13,
 // "write barrier" step).
 func (q *Queue) Publish() {
+	for i := q.pubIdx; i != q.availIdx; i++ {
+		q.pub[q.added[i&q.mask]] = true
+	}
+	q.pubIdx = q.availIdx
 	atomic.StoreUint32(q.v.availHdr, uint32(q.availFlags)|uint32(q.availIdx)<<16)
 }
 
@@ -275,7 +296,7 @@ func (q *Queue) Publish() {
 // requires: without it, a driver can miss the device re-enabling
 // notifications and both sides wait forever.
 func (q *Queue) NeedsKick() bool {
-	old, cur := q.kickedIdx, q.availIdx
+	old, cur := q.kickedIdx, q.pubIdx
 	if old == cur {
 		return false
 	}
@@ -316,7 +337,7 @@ func (q *Queue) Reap(out []Used) (int, error) {
 	n := min(int(avail), len(out))
 	for i := 0; i < n; i++ {
 		e := q.v.usedRing[q.lastUsed&q.mask]
-		if e.ID >= uint32(q.v.size) || q.chainLen[e.ID] == 0 {
+		if e.ID >= uint32(q.v.size) || q.chainLen[e.ID] == 0 || !q.pub[e.ID] {
 			return i, q.fail(ErrUsedID, e.ID, uint32(q.v.size))
 		}
 		head := uint16(e.ID)
@@ -346,6 +367,7 @@ func (q *Queue) free(head uint16) {
 	q.numFree += n
 	q.chainLen[head] = 0
 	q.writable[head] = 0
+	q.pub[head] = false
 	q.inFlight--
 }
 

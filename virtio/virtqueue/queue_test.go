@@ -101,4 +101,54 @@ var splitBadChains = []rawCase{
 var splitHostile = []hostileCase{
 	{"used index backwards", func(e *env, ids []uint16) { e.dev.(*DeviceQueue).SetUsedIdx(0xffff) }, ErrUsedIndex},
 	{"used index far ahead", func(e *env, ids []uint16) { e.dev.(*DeviceQueue).SetUsedIdx(40) }, ErrUsedIndex},
+	{"id added but not published", func(e *env, ids []uint16) {
+		id, _ := e.drv.Add1(dma.HeapBase, 64, true)
+		e.dev.PushRaw(uint32(id), 0)
+	}, ErrUsedID},
+}
+
+// The kick decision counts published chains only: asking between Add and
+// Publish must not use up the device's notification window.
+func TestSplitKickCountsPublishedOnly(t *testing.T) {
+	p := newPair(t, 8, true, false)
+	b := p.buf(t, 64)
+	p.dev.SetNotify(true)
+	p.drv.Add1(b.Addr, 64, true)
+	if p.drv.NeedsKick() {
+		t.Fatal("a kick for a chain not yet published")
+	}
+	p.drv.Publish()
+	if !p.drv.NeedsKick() {
+		t.Fatal("no kick after Publish: the early NeedsKick ate the notification")
+	}
+}
+
+// Empty buffers (QEMU stops the device on one) and chains longer than the
+// queue (spec 2.7.5.3.1) are refused before they reach the ring.
+func TestSplitRefusesEmptyAndOverlongChains(t *testing.T) {
+	p := newPair(t, 4, false, true)
+	b := p.buf(t, 64)
+	tbl, err := p.heap.Alloc(16*8, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := p.drv.Add1(b.Addr, 0, true); ok {
+		t.Error("Add1 of an empty buffer succeeded")
+	}
+	if _, ok := p.drv.AddChain([]Seg{{b.Addr, 12, false}, {b.Addr, 0, false}}); ok {
+		t.Error("AddChain with an empty segment succeeded")
+	}
+	segs := make([]Seg, 5)
+	for i := range segs {
+		segs[i] = Seg{b.Addr, 8, false}
+	}
+	if _, ok := p.drv.AddIndirect(tbl, segs); ok {
+		t.Error("an indirect chain of 5 on a queue of 4 succeeded")
+	}
+	if _, ok := p.drv.AddIndirect(tbl, segs[:4]); !ok {
+		t.Error("an indirect chain of 4 on a queue of 4 failed")
+	}
+	if p.drv.NumFree() != 3 {
+		t.Errorf("NumFree %d after one indirect chain, want 3", p.drv.NumFree())
+	}
 }
