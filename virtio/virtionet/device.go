@@ -251,7 +251,11 @@ func (d *Device) negotiate() error {
 			"device refused FEATURES_OK for %s (offered %s): %w",
 			strings.Join(FeatureList(want), ","), strings.Join(FeatureList(offered), ","), virtio.ErrNotSupported)}
 	}
-	if d.features != 0 && d.features != want {
+	// After a reset the device must offer what it did before: the rings
+	// and buffers were laid out for it. Only the MTU may come and go (a
+	// device reporting a new one, or none usable): adopt follows it.
+	const mayChange = virtio.Features(1 << FMTU)
+	if d.features != 0 && d.features&^mayChange != want&^mayChange {
 		return &OpError{Op: "negotiate features", Dev: t.Name(), Err: fmt.Errorf(
 			"device offers %s after reset, %s before: %w", want, d.features, virtio.ErrDeviceBroken)}
 	}

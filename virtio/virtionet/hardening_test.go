@@ -183,10 +183,22 @@ func TestRecoveredDeviceChangedIdentity(t *testing.T) {
 	if !bytes.Equal(r.drv.MAC(), newMAC) || r.drv.MTU() != 9000 || r.drv.Stats().IdentityChanges != 2 {
 		t.Fatalf("after the reset: MAC %x MTU %d changes %d; want the device's new %x and 9000", r.drv.MAC(), r.drv.MTU(), r.drv.Stats().IdentityChanges, newMAC)
 	}
+	// A device that comes back with an MTU below 68 loses F_MTU, not the
+	// recovery: the guest goes on at 1500.
+	cfg[10], cfg[11] = 40, 0
+	r.dev.SetConfig(cfg)
+	r.dev.SetNeedsReset()
+	if err := r.drv.Recover(); err != nil {
+		t.Fatalf("Recover with the MTU gone bad: %v", err)
+	}
+	if r.drv.Features().Has(virtionet.FMTU) || r.drv.MTU() != virtionet.DefaultMTU {
+		t.Fatalf("after the MTU went bad: features %v, MTU %d", virtionet.FeatureList(r.drv.Features()), r.drv.MTU())
+	}
 	// Without MRG_RXBUF the rx buffers were sized for 1500: a device
 	// that grows its MTU beyond them cannot be driven.
 	r2 := newRig(t, devmodel.Options{Features: devmodel.QEMUFeatures | 1<<virtionet.FMTU, MTU: 1500}, virtionet.Options{Refuse: 1 << virtionet.FMrgRxbuf})
 	copy(cfg[:], mac)
+	cfg[10], cfg[11] = 0x28, 0x23 // 9000
 	r2.dev.SetConfig(cfg)
 	r2.dev.SetNeedsReset()
 	if err := r2.drv.Recover(); !errors.Is(err, virtio.ErrDeviceBroken) || !strings.Contains(err.Error(), "MTU went from 1500 to 9000") {
