@@ -202,10 +202,13 @@ func (h *hostile) deviceErr(op string, err error) {
 }
 
 func (h *hostile) recover() {
-	if err := h.drv.Recover(); err != nil && !errors.Is(err, virtionet.ErrConfig) {
+	err := h.drv.Recover()
+	if err != nil && !errors.Is(err, virtionet.ErrConfig) {
 		h.t.Fatalf("Recover: %v", err)
 	}
-	h.faulted, h.held, h.trouble = false, false, false
+	// A refused recovery (garbage configuration) leaves the device
+	// broken until a later one succeeds.
+	h.faulted, h.held, h.trouble = err != nil, false, false
 }
 
 // send hands m to TxBurst. On a healthy device with an empty tx ring a
