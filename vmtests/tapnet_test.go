@@ -112,7 +112,13 @@ func newTapNet(t testing.TB, mtu int) *tapNet {
 		{"-n", n.Name, "link", "set", n.Tap, "up"},
 	} {
 		if err := n.ip(args...); err != nil {
-			t.Fatalf("setting up %s in namespace %s: %v", n.Tap, n.Name, err)
+			hint := ""
+			if strings.Contains(err.Error(), "make-rslave") {
+				// ip -n and ip netns exec remount / in their own mount
+				// namespace; a chroot's root that is no mount point fails.
+				hint = " (in a chroot? / must be a mount point: mount --bind DIR DIR before chrooting)"
+			}
+			t.Fatalf("setting up %s in namespace %s: %v%s", n.Tap, n.Name, err, hint)
 		}
 	}
 	return n
