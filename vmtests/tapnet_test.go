@@ -161,8 +161,9 @@ func (n *tapNet) cleanup() {
 	if n.t.Failed() {
 		n.t.Logf("reproduce (as root):\n%s", n.reproduce())
 	}
-	// The tap goes with the namespace; deleting it first makes a tap
-	// that something still holds fail here rather than linger.
+	// The tap would go with the namespace, but a QEMU still running in
+	// it (a hung guest) keeps the namespace alive past ip netns del:
+	// delete the tap explicitly.
 	if err := ipCmd("-n", n.Name, "link", "del", n.Tap); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
 		n.t.Errorf("removing %s: %v", n.Tap, err)
 	}
