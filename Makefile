@@ -6,7 +6,11 @@
 GO    ?= go
 NKEVM := out/nkevm
 ARGS  ?=
-# Extra go test flags for the VM tests, e.g. VMTESTFLAGS='-run TestTapMTU -v'.
+# Which VM tests: go test -run and -skip patterns, passed verbatim ($ and
+# | included), e.g. make vmtest VMTEST_RUN=TestTapMTU; VMTESTFLAGS holds
+# other go test flags, e.g. -v.
+VMTEST_RUN  ?=
+VMTEST_SKIP ?=
 VMTESTFLAGS ?=
 # Packages with goroutines sharing memory: their tests also run under -race.
 RACE  := ./kernel/mbuf/... ./kernel/ifnet/... ./kernel/services/... ./virtio/...
@@ -48,7 +52,8 @@ lockcheck:
 vmtest: $(NKEVM)
 	@set -e; exports=$$($(NKEVM) vmtest-env $(ARGS)); eval "$$exports"; \
 		echo "$$exports" | sed 's/^export /vmtest: /' >&2; \
-		NKE_VMTEST_REQUIRED=1 $(GO) test -count=1 -timeout 45m $(VMTESTFLAGS) ./vmtests/...
+		NKE_VMTEST_REQUIRED=1 $(GO) test -count=1 -timeout 45m \
+			-run '$(value VMTEST_RUN)' -skip '$(value VMTEST_SKIP)' $(VMTESTFLAGS) ./vmtests/...
 
 # Driver, ring, pool and dispatch costs against the device model, then the
 # guest's boot time in QEMU (three boots).

@@ -112,7 +112,13 @@ func newTapNet(t testing.TB, mtu int) *tapNet {
 		{"-n", n.Name, "link", "set", n.Tap, "up"},
 	} {
 		if err := n.ip(args...); err != nil {
-			t.Fatalf("setting up %s in namespace %s: %v", n.Tap, n.Name, err)
+			hint := ""
+			if strings.Contains(err.Error(), "make-rslave") {
+				// ip -n and ip netns exec remount / in their own mount
+				// namespace; a chroot's root that is no mount point fails.
+				hint = " (in a chroot? / must be a mount point: mount --bind DIR DIR before chrooting)"
+			}
+			t.Fatalf("setting up %s in namespace %s: %v%s", n.Tap, n.Name, err, hint)
 		}
 	}
 	return n
@@ -155,8 +161,9 @@ func (n *tapNet) cleanup() {
 	if n.t.Failed() {
 		n.t.Logf("reproduce (as root):\n%s", n.reproduce())
 	}
-	// The tap goes with the namespace; deleting it first makes a tap
-	// that something still holds fail here rather than linger.
+	// The tap would go with the namespace, but a QEMU still running in
+	// it (a hung guest) keeps the namespace alive past ip netns del:
+	// delete the tap explicitly.
 	if err := ipCmd("-n", n.Name, "link", "del", n.Tap); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
 		n.t.Errorf("removing %s: %v", n.Tap, err)
 	}
