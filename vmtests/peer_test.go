@@ -30,6 +30,7 @@ type framePeer struct {
 	frames   chan []byte
 	done     chan struct{}
 	mu       sync.Mutex
+	// +checklocks:mu
 	arpAsked int // ARP requests for us the guest sent
 }
 

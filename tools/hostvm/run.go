@@ -191,7 +191,8 @@ wait:
 // lockedWriter serialises the stdin relay and PoweroffLine.
 type lockedWriter struct {
 	mu sync.Mutex
-	w  io.Writer
+	// +checklocks:mu
+	w io.Writer
 }
 
 func (l *lockedWriter) Write(p []byte) (int, error) {

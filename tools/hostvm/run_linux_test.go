@@ -68,7 +68,8 @@ func blockForever() {
 // syncBuffer is a bytes.Buffer safe to read while Run writes to it.
 type syncBuffer struct {
 	mu sync.Mutex
-	b  bytes.Buffer
+	// +checklocks:mu
+	b bytes.Buffer
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
