@@ -22,14 +22,14 @@ import (
 // header). It answers ARP for its own address so the guest can reach it, and
 // hands every other frame to the test.
 type framePeer struct {
-	t        *testing.T
-	conn     *net.UnixConn
-	qemu     *net.UnixAddr
-	mac      net.HardwareAddr
-	ip       [4]byte
-	frames   chan []byte
-	done     chan struct{}
-	mu       sync.Mutex
+	t      *testing.T
+	conn   *net.UnixConn
+	qemu   *net.UnixAddr
+	mac    net.HardwareAddr
+	ip     [4]byte
+	frames chan []byte
+	done   chan struct{}
+	mu     sync.Mutex
 	// +checklocks:mu
 	arpAsked int // ARP requests for us the guest sent
 }
