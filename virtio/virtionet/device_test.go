@@ -35,13 +35,19 @@ var rigLayout = virtqueue.Split
 func TestMain(m *testing.M) {
 	flag.Parse()
 	code := m.Run()
-	// Benchmarks name their layout themselves (forLayouts).
-	if bench := flag.Lookup("test.bench"); code == 0 && (bench == nil || bench.Value.String() == "") {
+	// Benchmarks name their layout themselves (forLayouts); fuzz targets
+	// draw it from their input (the offered RING_PACKED bit).
+	if code == 0 && flagUnset("test.bench") && flagUnset("test.fuzz") {
 		fmt.Println("virtionet: the same tests on packed rings (VIRTIO_F_RING_PACKED)")
 		rigLayout = virtqueue.Packed
 		code = m.Run()
 	}
 	os.Exit(code)
+}
+
+func flagUnset(name string) bool {
+	f := flag.Lookup(name)
+	return f == nil || f.Value.String() == ""
 }
 
 func newRig(t testing.TB, mo devmodel.Options, vo virtionet.Options) *rig {
