@@ -199,7 +199,7 @@ func (n *Net) SetStatus(s uint8) {
 		// as a driver error, not refused.
 		if r, bad := virtionet.Unmet(n.drvFeatures); bad {
 			n.violationLocked(fmt.Errorf("driver accepted %s without %s (spec 5.1.3.1)",
-				virtionet.FeatureList(1 << r.Feature)[0], strings.Join(virtionet.FeatureList(features(r.AnyOf)), " or ")))
+				virtionet.FeatureList(1 << r.Feature)[0], strings.Join(virtionet.FeatureList(r.AnyOf), " or ")))
 		}
 	}
 	if s&virtio.StatusDriverOK != 0 && n.status&virtio.StatusDriverOK == 0 {
@@ -354,14 +354,6 @@ func (n *Net) violationLocked(err error) {
 	if n.err == nil {
 		n.err = err
 	}
-}
-
-func features(list []virtio.Feature) virtio.Features {
-	var fs virtio.Features
-	for _, f := range list {
-		fs = fs.With(f)
-	}
-	return fs
 }
 
 // maxFrameLocked is the largest frame the negotiated MTU allows (spec

@@ -14,13 +14,13 @@ import (
 
 // Control classes and commands, spec 5.1.6.5.
 const (
-	ctrlClassRx      = 0
-	ctrlRxPromisc    = 0
-	ctrlRxAllMulti   = 1
-	ctrlClassMAC     = 1
-	ctrlMACAddrSet   = 1
-	ctrlAckOK        = 0
-	ctrlAckUnanswerd = 0xff // what the driver writes; a device writes 0 or 1
+	ctrlClassRx       = 0
+	ctrlRxPromisc     = 0
+	ctrlRxAllMulti    = 1
+	ctrlClassMAC      = 1
+	ctrlMACAddrSet    = 1
+	ctrlAckOK         = 0
+	ctrlAckUnanswered = 0xff // what the driver writes; a device writes 0 or 1
 
 	ctrlSize    = 64 // queue size; a command takes three descriptors
 	ctrlBufSize = 64 // class, cmd @0; data @16; ack @48
@@ -136,7 +136,7 @@ func (c *ctrlq) submitLocked(class, cmd uint8, data []byte) (uint16, error) {
 	b := c.bufs[id]
 	b.Buf[0], b.Buf[1] = class, cmd
 	copy(b.Buf[ctrlDataOff:], data)
-	b.Buf[ctrlAckOff] = ctrlAckUnanswerd
+	b.Buf[ctrlAckOff] = ctrlAckUnanswered
 	segs := [3]virtqueue.Seg{
 		{Addr: b.Addr, Len: 2},
 		{Addr: b.Addr + ctrlDataOff, Len: uint32(len(data))},

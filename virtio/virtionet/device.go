@@ -280,21 +280,13 @@ func settle(want, offered virtio.Features, declined []Decline) (virtio.Features,
 		if !offered.Has(r.Feature) {
 			continue
 		}
-		names := FeatureList(features(r.AnyOf))
+		names := FeatureList(r.AnyOf)
 		why := "not offered"
-		if anyOf(offered, r.AnyOf) {
+		if offered&r.AnyOf != 0 {
 			why = "not accepted"
 		}
 		declined = append(declined, Decline{r.Feature, fmt.Sprintf("needs %s (%s)", strings.Join(names, " or "), why)})
 	}
-}
-
-func features(list []virtio.Feature) virtio.Features {
-	var fs virtio.Features
-	for _, f := range list {
-		fs = fs.With(f)
-	}
-	return fs
 }
 
 // translated reports whether an IOMMU sits between the device and memory,

@@ -81,7 +81,7 @@ const Required = 1 << virtio.FVersion1
 // requirements": Feature may only be accepted with at least one of AnyOf.
 type Requirement struct {
 	Feature virtio.Feature
-	AnyOf   []virtio.Feature
+	AnyOf   virtio.Features
 }
 
 // Requirements lists every dependency between virtio-net feature bits: the
@@ -90,49 +90,40 @@ type Requirement struct {
 // the control queue) and CTRL_RX_EXTRA on CTRL_RX (its commands are in the
 // CTRL_RX class).
 var Requirements = []Requirement{
-	{FGuestTSO4, []virtio.Feature{FGuestCsum}},
-	{FGuestTSO6, []virtio.Feature{FGuestCsum}},
-	{FGuestECN, []virtio.Feature{FGuestTSO4, FGuestTSO6}},
-	{FGuestUFO, []virtio.Feature{FGuestCsum}},
-	{FGuestUSO4, []virtio.Feature{FGuestCsum}},
-	{FGuestUSO6, []virtio.Feature{FGuestCsum}},
-	{FHostTSO4, []virtio.Feature{FCsum}},
-	{FHostTSO6, []virtio.Feature{FCsum}},
-	{FHostECN, []virtio.Feature{FHostTSO4, FHostTSO6}},
-	{FHostUFO, []virtio.Feature{FCsum}},
-	{FHostUSO, []virtio.Feature{FCsum}},
-	{FCtrlGuestOffloads, []virtio.Feature{FCtrlVQ}},
-	{FCtrlRx, []virtio.Feature{FCtrlVQ}},
-	{FCtrlRxExtra, []virtio.Feature{FCtrlRx}},
-	{FCtrlVLAN, []virtio.Feature{FCtrlVQ}},
-	{FGuestAnnounce, []virtio.Feature{FCtrlVQ}},
-	{FMQ, []virtio.Feature{FCtrlVQ}},
-	{FCtrlMACAddr, []virtio.Feature{FCtrlVQ}},
-	{FNotfCoal, []virtio.Feature{FCtrlVQ}},
-	{FVQNotfCoal, []virtio.Feature{FCtrlVQ}},
-	{FRSCExt, []virtio.Feature{FHostTSO4, FHostTSO6}},
-	{FRSS, []virtio.Feature{FCtrlVQ}},
-	{FHashReport, []virtio.Feature{FCtrlVQ}},
+	{FGuestTSO4, 1 << FGuestCsum},
+	{FGuestTSO6, 1 << FGuestCsum},
+	{FGuestECN, 1<<FGuestTSO4 | 1<<FGuestTSO6},
+	{FGuestUFO, 1 << FGuestCsum},
+	{FGuestUSO4, 1 << FGuestCsum},
+	{FGuestUSO6, 1 << FGuestCsum},
+	{FHostTSO4, 1 << FCsum},
+	{FHostTSO6, 1 << FCsum},
+	{FHostECN, 1<<FHostTSO4 | 1<<FHostTSO6},
+	{FHostUFO, 1 << FCsum},
+	{FHostUSO, 1 << FCsum},
+	{FCtrlGuestOffloads, 1 << FCtrlVQ},
+	{FCtrlRx, 1 << FCtrlVQ},
+	{FCtrlRxExtra, 1 << FCtrlRx},
+	{FCtrlVLAN, 1 << FCtrlVQ},
+	{FGuestAnnounce, 1 << FCtrlVQ},
+	{FMQ, 1 << FCtrlVQ},
+	{FCtrlMACAddr, 1 << FCtrlVQ},
+	{FNotfCoal, 1 << FCtrlVQ},
+	{FVQNotfCoal, 1 << FCtrlVQ},
+	{FRSCExt, 1<<FHostTSO4 | 1<<FHostTSO6},
+	{FRSS, 1 << FCtrlVQ},
+	{FHashReport, 1 << FCtrlVQ},
 }
 
 // Unmet returns the first requirement fs violates, or false if fs is
 // consistent.
 func Unmet(fs virtio.Features) (Requirement, bool) {
 	for _, r := range Requirements {
-		if fs.Has(r.Feature) && !anyOf(fs, r.AnyOf) {
+		if fs.Has(r.Feature) && fs&r.AnyOf == 0 {
 			return r, true
 		}
 	}
 	return Requirement{}, false
-}
-
-func anyOf(fs virtio.Features, list []virtio.Feature) bool {
-	for _, f := range list {
-		if fs.Has(f) {
-			return true
-		}
-	}
-	return false
 }
 
 // FeatureList names the set bits of fs, device-specific and reserved.

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/nke-harness/nke/kernel/dma"
 	"github.com/nke-harness/nke/kernel/mbuf"
@@ -304,5 +307,31 @@ func TestRingChoice(t *testing.T) {
 	}
 	if _, err := virtionet.ParseRingChoice("spilt"); err == nil {
 		t.Error("ParseRingChoice accepted a typo")
+	}
+}
+
+// The dependency table against spec 5.1.3.1's own sentences (and the two
+// rules the driver adds), so a typo in either shows.
+func TestRequirementsMatchTheSpec(t *testing.T) {
+	spec := []string{
+		"GUEST_TSO4 requires GUEST_CSUM", "GUEST_TSO6 requires GUEST_CSUM",
+		"GUEST_ECN requires GUEST_TSO4 or GUEST_TSO6", "GUEST_UFO requires GUEST_CSUM",
+		"GUEST_USO4 requires GUEST_CSUM", "GUEST_USO6 requires GUEST_CSUM",
+		"HOST_TSO4 requires CSUM", "HOST_TSO6 requires CSUM",
+		"HOST_ECN requires HOST_TSO4 or HOST_TSO6", "HOST_UFO requires CSUM", "HOST_USO requires CSUM",
+		"CTRL_RX requires CTRL_VQ", "CTRL_VLAN requires CTRL_VQ", "GUEST_ANNOUNCE requires CTRL_VQ",
+		"MQ requires CTRL_VQ", "CTRL_MAC_ADDR requires CTRL_VQ", "NOTF_COAL requires CTRL_VQ",
+		"VQ_NOTF_COAL requires CTRL_VQ", "RSC_EXT requires HOST_TSO4 or HOST_TSO6", "RSS requires CTRL_VQ",
+		// Not in the spec's list: Linux's rule and this driver's.
+		"HASH_REPORT requires CTRL_VQ", "CTRL_RX_EXTRA requires CTRL_RX", "CTRL_GUEST_OFFLOADS requires CTRL_VQ",
+	}
+	var got []string
+	for _, r := range virtionet.Requirements {
+		got = append(got, virtionet.FeatureList(1 << r.Feature)[0]+" requires "+strings.Join(virtionet.FeatureList(r.AnyOf), " or "))
+	}
+	slices.Sort(spec)
+	slices.Sort(got)
+	if diff := cmp.Diff(spec, got); diff != "" {
+		t.Errorf("Requirements differ from the spec (-spec +table):\n%s", diff)
 	}
 }
