@@ -166,6 +166,8 @@ type endpoint struct {
 	ifp  *ifnet.Interface
 	pool *mbuf.Pool
 	mtu  atomic.Uint32 // set by the stack (SetMTU); 0: the interface's
+	// linkAddr caches LinkAddress for the interface's current MAC.
+	linkAddr atomic.Pointer[linkAddr]
 
 	mu sync.RWMutex
 	// +checklocks:mu
@@ -277,10 +279,24 @@ func (e *endpoint) MTU() uint32 {
 }
 func (e *endpoint) SetMTU(mtu uint32)       { e.mtu.Store(mtu) }
 func (e *endpoint) MaxHeaderLength() uint16 { return header.EthernetMinimumSize }
+
+// LinkAddress is the interface's MAC as gVisor's string type; the
+// conversion allocates, so it is cached until the MAC changes.
 func (e *endpoint) LinkAddress() tcpip.LinkAddress {
 	mac := e.ifp.MAC()
-	return tcpip.LinkAddress(mac[:])
+	if c := e.linkAddr.Load(); c != nil && c.mac == mac {
+		return c.addr
+	}
+	c := &linkAddr{mac: mac, addr: tcpip.LinkAddress(mac[:])}
+	e.linkAddr.Store(c)
+	return c.addr
 }
+
+type linkAddr struct {
+	mac  [6]byte
+	addr tcpip.LinkAddress
+}
+
 func (e *endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
 // detach stops the endpoint for good; writers already inside finish first.
