@@ -14,7 +14,7 @@ import (
 func TestHostClients(t *testing.T) {
 	args, ports := userNIC(t, hostvm.NIC{})
 	g := startGuest(t, "host-clients", args)
-	for _, step := range []string{"starting", "NIC found at 0000:00:", "DMA memory", "features negotiated: ", "queues: rx 256, tx 256", "link up", "address 10.0.2.15/24, gateway 10.0.2.2", "services listening"} {
+	for _, step := range []string{"starting", "NIC found at 0000:00:", "DMA memory", "features negotiated: ", "queues: split rings, rx 256, tx 256", "link up", "address 10.0.2.15/24, gateway 10.0.2.2", "services listening"} {
 		if !strings.Contains(g.Log, step) {
 			t.Errorf("console lacks %q:\n%s", step, g.Log)
 		}

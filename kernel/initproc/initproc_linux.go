@@ -77,6 +77,29 @@ func ReserveHugepages(n int) (granted int, err error) {
 	if n < 0 {
 		return 0, fmt.Errorf("initproc: reserve %d hugepages: negative count", n)
 	}
+	for try := 1; ; try++ {
+		if granted, err = setHugepages(n); err != nil || granted >= n {
+			return granted, err
+		}
+		if try == hugepageTries {
+			return granted, fmt.Errorf("initproc: asked for %d hugepages, kernel granted %d (after %d tries with compaction): give the VM more memory (-m)", n, granted, try)
+		}
+		// Too few free 2 MiB blocks right now: early in boot the kernel
+		// is still freeing the initramfs and init memory, or memory is
+		// fragmented. Compact and ask again.
+		os.WriteFile(compactMemory, []byte("1"), 0)
+		time.Sleep(time.Duration(try) * 20 * time.Millisecond)
+	}
+}
+
+// hugepageTries bounds ReserveHugepages' attempts.
+const hugepageTries = 5
+
+var compactMemory = "/proc/sys/vm/compact_memory"
+
+// setHugepages asks the kernel for n hugepages and returns how many it
+// holds. Tests replace it.
+var setHugepages = func(n int) (int, error) {
 	if err := os.WriteFile(nrHugepages, []byte(strconv.Itoa(n)), 0); err != nil {
 		return 0, fmt.Errorf("initproc: reserve %d hugepages: %w", n, err)
 	}
@@ -84,12 +107,9 @@ func ReserveHugepages(n int) (granted int, err error) {
 	if err != nil {
 		return 0, fmt.Errorf("initproc: reserve %d hugepages: %w", n, err)
 	}
-	granted, err = strconv.Atoi(strings.TrimSpace(string(b)))
+	granted, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil || granted < 0 {
 		return 0, fmt.Errorf("initproc: %s reads %q", nrHugepages, b)
-	}
-	if granted < n {
-		return granted, fmt.Errorf("initproc: asked for %d hugepages, kernel granted %d: give the VM more memory (-m)", n, granted)
 	}
 	return granted, nil
 }

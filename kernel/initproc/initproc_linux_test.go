@@ -47,6 +47,33 @@ func TestReserveHugepagesFile(t *testing.T) {
 	}
 }
 
+// A kernel that grants fewer pages at first (memory still being freed
+// early in boot) is asked again after compaction; one that never grants
+// them is an error naming the numbers.
+func TestReserveHugepagesRetries(t *testing.T) {
+	old, oldCompact := setHugepages, compactMemory
+	t.Cleanup(func() { setHugepages, compactMemory = old, oldCompact })
+	compactMemory = filepath.Join(t.TempDir(), "compact_memory")
+	calls := 0
+	setHugepages = func(n int) (int, error) {
+		calls++
+		if calls < 3 {
+			return 1, nil
+		}
+		return n, nil
+	}
+	if got, err := ReserveHugepages(16); got != 16 || err != nil || calls != 3 {
+		t.Fatalf("ReserveHugepages(16) = %d, %v after %d calls; want 16 on the third", got, err, calls)
+	}
+	if b, err := os.ReadFile(compactMemory); err != nil || string(b) != "1" {
+		t.Errorf("compaction not asked for: %q, %v", b, err)
+	}
+	setHugepages = func(n int) (int, error) { return 1, nil }
+	if got, err := ReserveHugepages(16); got != 1 || err == nil || !strings.Contains(err.Error(), "granted 1") {
+		t.Fatalf("a kernel that never grants: %d, %v", got, err)
+	}
+}
+
 func TestSetHostnameValidates(t *testing.T) {
 	for _, bad := range []string{"", "has space", "semi;colon", strings.Repeat("a", 65), "nul\x00"} {
 		if err := SetHostname(bad); err == nil || !strings.Contains(err.Error(), "want 1-64") {
