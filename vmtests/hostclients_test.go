@@ -43,5 +43,5 @@ func TestHostClients(t *testing.T) {
 
 	// The console's stats command shows the same numbers.
 	g.command("stats")
-	g.expectLine("pool ", 30*time.Second)
+	g.expectLine("pools ", 30*time.Second)
 }
