@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nke-harness/nke/kernel/dma"
+	"github.com/nke-harness/nke/kernel/hugepage"
 	"github.com/nke-harness/nke/kernel/ifnet"
 	"github.com/nke-harness/nke/kernel/initproc"
 	"github.com/nke-harness/nke/kernel/netstack"
@@ -151,7 +151,7 @@ type Guest struct {
 	PCI      string
 	Booted   time.Duration // kernel start to services listening
 
-	mem *dma.Hugepages
+	mem *hugepage.Memory
 	drv *virtionet.Device
 	ifp *ifnet.Interface
 	st  *netstack.Stack
@@ -201,7 +201,7 @@ func Boot(logf func(string, ...any)) (*Guest, error) {
 	if err != nil {
 		return nil, err
 	}
-	if g.mem, err = dma.OpenHugepages(dma.DefaultHugepageDir, set.Hugepages*2<<20); err != nil {
+	if g.mem, err = hugepage.Open(hugepage.DefaultDir, set.Hugepages*2<<20); err != nil {
 		t.Close()
 		return nil, err
 	}

@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/nke-harness/nke/kernel/dma"
-	"github.com/nke-harness/nke/kernel/mbuf"
+	"github.com/nke-harness/nke/nke/dma"
+	"github.com/nke-harness/nke/nke/mbuf"
 )
 
 // stubDriver is the least a Driver can be, for measuring the interface

@@ -17,7 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nke-harness/nke/kernel/mbuf"
+	"github.com/nke-harness/nke/nke/mbuf"
 )
 
 // Driver is what an interface needs from a NIC driver. Its data-path

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nke-harness/nke/kernel/dma"
 	"github.com/nke-harness/nke/kernel/ifnet"
-	"github.com/nke-harness/nke/kernel/mbuf"
+	"github.com/nke-harness/nke/nke/dma"
+	"github.com/nke-harness/nke/nke/mbuf"
 	"github.com/nke-harness/nke/virtio"
 	"github.com/nke-harness/nke/virtio/devmodel"
 	"github.com/nke-harness/nke/virtio/virtionet"

@@ -23,7 +23,7 @@ type Mount struct {
 
 // DefaultMounts is what the guest needs, in order: /proc and /sys for
 // discovery, devtmpfs for device nodes, tmpfs for scratch files and
-// hugetlbfs with 2 MiB pages for DMA memory (kernel/dma).
+// hugetlbfs with 2 MiB pages for DMA memory (kernel/hugepage).
 func DefaultMounts() []Mount {
 	const safe = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
 	return []Mount{

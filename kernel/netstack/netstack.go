@@ -21,7 +21,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"github.com/nke-harness/nke/kernel/ifnet"
-	"github.com/nke-harness/nke/kernel/mbuf"
+	"github.com/nke-harness/nke/nke/mbuf"
 )
 
 // Config is the guest's addressing.

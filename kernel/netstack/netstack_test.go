@@ -11,9 +11,9 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
-	"github.com/nke-harness/nke/kernel/dma"
 	"github.com/nke-harness/nke/kernel/ifnet"
-	"github.com/nke-harness/nke/kernel/mbuf"
+	"github.com/nke-harness/nke/nke/dma"
+	"github.com/nke-harness/nke/nke/mbuf"
 	"github.com/nke-harness/nke/virtio/devmodel"
 	"github.com/nke-harness/nke/virtio/virtionet"
 )

@@ -26,10 +26,10 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
-	"github.com/nke-harness/nke/kernel/dma"
 	"github.com/nke-harness/nke/kernel/ifnet"
 	"github.com/nke-harness/nke/kernel/netstack"
 	"github.com/nke-harness/nke/kernel/services"
+	"github.com/nke-harness/nke/nke/dma"
 	"github.com/nke-harness/nke/virtio/devmodel"
 	"github.com/nke-harness/nke/virtio/virtionet"
 )

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nke-harness/nke/kernel/dma"
+	"github.com/nke-harness/nke/nke/dma"
 	"github.com/nke-harness/nke/virtio"
 	"github.com/nke-harness/nke/virtio/virtionet"
 	"github.com/nke-harness/nke/virtio/virtqueue"

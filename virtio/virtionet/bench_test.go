@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nke-harness/nke/kernel/mbuf"
+	"github.com/nke-harness/nke/nke/mbuf"
 	"github.com/nke-harness/nke/virtio/devmodel"
 	"github.com/nke-harness/nke/virtio/virtionet"
 	"github.com/nke-harness/nke/virtio/virtqueue"

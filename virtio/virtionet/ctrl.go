@@ -7,7 +7,7 @@ import (
 	"runtime"
 	"time"
 
-	"github.com/nke-harness/nke/kernel/dma"
+	"github.com/nke-harness/nke/nke/dma"
 	"github.com/nke-harness/nke/virtio"
 	"github.com/nke-harness/nke/virtio/virtqueue"
 )

@@ -11,8 +11,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/nke-harness/nke/kernel/dma"
-	"github.com/nke-harness/nke/kernel/mbuf"
+	"github.com/nke-harness/nke/nke/dma"
+	"github.com/nke-harness/nke/nke/mbuf"
 	"github.com/nke-harness/nke/virtio"
 	"github.com/nke-harness/nke/virtio/devmodel"
 	"github.com/nke-harness/nke/virtio/virtionet"

@@ -3,7 +3,7 @@ package virtionet
 import (
 	"fmt"
 
-	"github.com/nke-harness/nke/kernel/mbuf"
+	"github.com/nke-harness/nke/nke/mbuf"
 	"github.com/nke-harness/nke/virtio/virtqueue"
 )
 

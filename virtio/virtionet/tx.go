@@ -1,7 +1,7 @@
 package virtionet
 
 import (
-	"github.com/nke-harness/nke/kernel/mbuf"
+	"github.com/nke-harness/nke/nke/mbuf"
 	"github.com/nke-harness/nke/virtio"
 	"github.com/nke-harness/nke/virtio/virtqueue"
 )

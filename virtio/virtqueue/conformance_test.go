@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/nke-harness/nke/kernel/dma"
+	"github.com/nke-harness/nke/nke/dma"
 )
 
 // rawDesc is one descriptor written straight into ring memory, bypassing

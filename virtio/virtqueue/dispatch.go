@@ -3,7 +3,7 @@ package virtqueue
 import (
 	"fmt"
 
-	"github.com/nke-harness/nke/kernel/dma"
+	"github.com/nke-harness/nke/nke/dma"
 )
 
 // AllocLayout allocates zeroed rings of layout l: AllocRings or

@@ -11,7 +11,7 @@ package virtqueue
 import (
 	"fmt"
 
-	"github.com/nke-harness/nke/kernel/dma"
+	"github.com/nke-harness/nke/nke/dma"
 )
 
 // Desc is one descriptor-table entry, spec 2.7.5 "The Virtqueue Descriptor

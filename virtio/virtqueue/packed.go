@@ -4,7 +4,7 @@ import (
 	"math"
 	"sync/atomic"
 
-	"github.com/nke-harness/nke/kernel/dma"
+	"github.com/nke-harness/nke/nke/dma"
 )
 
 var _ Ring = (*PackedQueue)(nil)

@@ -3,7 +3,7 @@ package virtqueue
 import (
 	"fmt"
 
-	"github.com/nke-harness/nke/kernel/dma"
+	"github.com/nke-harness/nke/nke/dma"
 )
 
 // PackedDesc is one packed-ring descriptor, spec 2.8.13 "The Virtqueue

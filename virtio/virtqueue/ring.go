@@ -3,7 +3,7 @@ package virtqueue
 import (
 	"fmt"
 
-	"github.com/nke-harness/nke/kernel/dma"
+	"github.com/nke-harness/nke/nke/dma"
 )
 
 // Layout is a virtqueue format: split (spec 2.7) or packed (spec 2.8,

@@ -1,4 +1,4 @@
-package dma
+package hugepage
 
 import (
 	"encoding/binary"
@@ -7,10 +7,12 @@ import (
 	"os"
 	"slices"
 
+	"github.com/nke-harness/nke/nke/dma"
+
 	"golang.org/x/sys/unix"
 )
 
-// OpenHugepages maps at least size bytes (rounded up to whole hugepages)
+// Open maps at least size bytes (rounded up to whole hugepages)
 // of pinned memory from the hugetlbfs mounted at dir and learns each
 // page's physical address, so that a device can DMA into it.
 //
@@ -18,10 +20,10 @@ import (
 // pool when the mapping goes, even if the process dies), maps it
 // MAP_SHARED|MAP_POPULATE, mlocks and touches every page, then reads the
 // page frame numbers from /proc/self/pagemap, which needs root
-// (CAP_SYS_ADMIN). Physically adjacent pages are merged into one Segment.
-func OpenHugepages(dir string, size int) (*Hugepages, error) {
-	fail := func(err error) (*Hugepages, error) {
-		return nil, fmt.Errorf("dma: open %d bytes of hugepages in %s: %w", size, dir, err)
+// (CAP_SYS_ADMIN). Physically adjacent pages are merged into one dma.Segment.
+func Open(dir string, size int) (*Memory, error) {
+	fail := func(err error) (*Memory, error) {
+		return nil, fmt.Errorf("hugepage: open %d bytes of hugepages in %s: %w", size, dir, err)
 	}
 	if size <= 0 {
 		return fail(errors.New("size must be positive"))
@@ -62,12 +64,12 @@ func OpenHugepages(dir string, size int) (*Hugepages, error) {
 	mem, err := unix.Mmap(int(f.Fd()), 0, n*pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if errors.Is(err, unix.ENOMEM) {
 		return fail(fmt.Errorf("%w: mmap of %d pages of %d kB: %v (another process took them?): raise /proc/sys/vm/nr_hugepages",
-			ErrNoHugepages, n, pageSize>>10, err))
+			ErrNoMemory, n, pageSize>>10, err))
 	}
 	if err != nil {
 		return fail(fmt.Errorf("mmap: %w", err))
 	}
-	h := &Hugepages{mem: mem, unmap: func() error { return unix.Munmap(mem) }, pageSize: pageSize}
+	h := &Memory{mem: mem, unmap: func() error { return unix.Munmap(mem) }, pageSize: pageSize}
 	if err := h.pin(osPage); err != nil {
 		h.unmap()
 		return fail(err)
@@ -95,14 +97,14 @@ func OpenHugepages(dir string, size int) (*Hugepages, error) {
 		}
 	}
 	h.segs = mergeSegments(h.mem, pageSize, h.phys)
-	h.Arena = NewArena(h.segs)
+	h.Arena = dma.NewArena(h.segs)
 	return h, nil
 }
 
 // pin locks and faults in every page, then records each hugepage's
 // physical address from /proc/self/pagemap and checks that the pagemap
 // agrees the page is one physically contiguous, aligned run.
-func (h *Hugepages) pin(osPage int) error {
+func (h *Memory) pin(osPage int) error {
 	if err := unix.Mlock(h.mem); err != nil {
 		return fmt.Errorf("mlock: %w (needs root or a larger RLIMIT_MEMLOCK)", err)
 	}
@@ -149,18 +151,16 @@ func (h *Hugepages) pin(osPage int) error {
 
 // Close unmaps the memory; its pages return to the pool. Every Block
 // handed out becomes invalid, so close only after the device is reset
-// and nothing uses the blocks. Later Allocs fail with ErrNoMemory.
-func (h *Hugepages) Close() error {
+// and nothing uses the blocks. Later Allocs fail with dma.ErrNoMemory.
+func (h *Memory) Close() error {
 	if h.mem == nil {
 		return nil
 	}
-	h.Arena.mu.Lock()
-	h.Arena.segs, h.Arena.used = nil, nil
-	h.Arena.mu.Unlock()
+	h.Arena.Retire()
 	err := h.unmap()
 	h.mem, h.segs, h.phys = nil, nil, nil
 	if err != nil {
-		return fmt.Errorf("dma: unmap hugepages: %w", err)
+		return fmt.Errorf("hugepage: unmap hugepages: %w", err)
 	}
 	return nil
 }

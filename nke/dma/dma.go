@@ -1,10 +1,13 @@
 // Package dma hands out memory a device can read and write directly: byte
-// slices paired with the address the device uses for them.
+// slices paired with the address the device uses for them. It is the
+// substrate packets live in (nke/mbuf) and rings are laid in (virtio), and
+// imports nothing else of the module.
 //
 // On the guest, memory comes from pinned 2 MiB hugetlbfs pages whose physical
-// addresses are read from /proc/self/pagemap (OpenHugepages). In tests it
-// comes from ordinary Go memory with made-up addresses (NewHeap), which an
-// in-process device model translates back with Heap.Slice.
+// addresses are read from /proc/self/pagemap (kernel/hugepage, which hands
+// its segments to an Arena). In tests it comes from ordinary Go memory with
+// made-up addresses (NewHeap), which an in-process device model translates
+// back with Heap.Slice.
 package dma
 
 import (
@@ -74,6 +77,14 @@ func (a *Arena) Alloc(size, align int) (Block, error) {
 		return Block{Buf: b, Addr: s.Addr + uint64(start)}, nil
 	}
 	return Block{}, fmt.Errorf("dma: alloc %d bytes: %w", size, ErrNoMemory)
+}
+
+// Retire empties the arena: every later Alloc fails with ErrNoMemory. The
+// owner of the memory calls it before releasing the segments.
+func (a *Arena) Retire() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.segs, a.used = nil, nil
 }
 
 // Free reports how many bytes are still unallocated in all segments

@@ -1,4 +1,4 @@
-package dma
+package hugepage
 
 import (
 	"cmp"
@@ -9,46 +9,48 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/nke-harness/nke/nke/dma"
 )
 
-// Errors from OpenHugepages. Each message says what to change.
+// Errors from Open. Each message says what to change.
 var (
 	// ErrNotSupported reports a platform without hugetlbfs and pagemap.
-	ErrNotSupported = errors.New("dma: hugepage DMA memory needs Linux")
+	ErrNotSupported = errors.New("hugepage: hugepage DMA memory needs Linux")
 	// ErrNoHugetlbfs reports that the directory is not a hugetlbfs mount.
-	ErrNoHugetlbfs = errors.New("dma: hugetlbfs not mounted")
-	// ErrNoHugepages reports that the kernel's hugepage pool is too small.
-	ErrNoHugepages = errors.New("dma: not enough free hugepages")
+	ErrNoHugetlbfs = errors.New("hugepage: hugetlbfs not mounted")
+	// ErrNoMemory reports that the kernel's hugepage pool is too small.
+	ErrNoMemory = errors.New("hugepage: not enough free hugepages")
 	// ErrNoPhysAddr reports that /proc/self/pagemap hid physical frame
 	// numbers, which it does without CAP_SYS_ADMIN.
-	ErrNoPhysAddr = errors.New("dma: physical addresses unavailable")
+	ErrNoPhysAddr = errors.New("hugepage: physical addresses unavailable")
 )
 
-// DefaultHugepageDir is where PID 1 mounts hugetlbfs (see kernel/initproc).
-const DefaultHugepageDir = "/dev/hugepages"
+// DefaultDir is where PID 1 mounts hugetlbfs (see kernel/initproc).
+const DefaultDir = "/dev/hugepages"
 
-// Hugepages is pinned hugetlbfs memory with known physical addresses,
+// Memory is pinned hugetlbfs memory with known physical addresses,
 // carved up by its embedded Arena. Blocks from it are valid until Close.
-type Hugepages struct {
-	*Arena
+type Memory struct {
+	*dma.Arena
 	mem      []byte       // the whole mapping
 	unmap    func() error // releases mem
 	pageSize int          // hugepage size
 	phys     []uint64     // physical address of each hugepage
-	segs     []Segment
+	segs     []dma.Segment
 }
 
 // PageSize is the hugepage size in bytes.
-func (h *Hugepages) PageSize() int { return h.pageSize }
+func (h *Memory) PageSize() int { return h.pageSize }
 
 // Segments returns the physically contiguous runs of the mapping, in
 // virtual address order.
-func (h *Hugepages) Segments() []Segment { return append([]Segment(nil), h.segs...) }
+func (h *Memory) Segments() []dma.Segment { return append([]dma.Segment(nil), h.segs...) }
 
 // Virt2Phys returns the physical (device) address of b[0], which must lie
 // inside the mapping; it reports false otherwise. It uses the page table
 // read at open time, so it is cheap.
-func (h *Hugepages) Virt2Phys(b []byte) (uint64, bool) {
+func (h *Memory) Virt2Phys(b []byte) (uint64, bool) {
 	if len(b) == 0 || len(h.mem) == 0 {
 		return 0, false
 	}
@@ -88,15 +90,15 @@ func physOrder(phys []uint64) ([]int, bool) {
 // mergeSegments turns a mapping of hugepages, whose i-th page sits at
 // physical address phys[i], into the fewest Segments: consecutive pages
 // that are also physically adjacent share one.
-func mergeSegments(mem []byte, pageSize int, phys []uint64) []Segment {
-	var segs []Segment
+func mergeSegments(mem []byte, pageSize int, phys []uint64) []dma.Segment {
+	var segs []dma.Segment
 	start := 0
 	for i := 1; i <= len(phys); i++ {
 		if i < len(phys) && phys[i] == phys[i-1]+uint64(pageSize) {
 			continue
 		}
 		lo, hi := start*pageSize, i*pageSize
-		segs = append(segs, Segment{Mem: mem[lo:hi:hi], Addr: phys[start]})
+		segs = append(segs, dma.Segment{Mem: mem[lo:hi:hi], Addr: phys[start]})
 		start = i
 	}
 	return segs
@@ -145,5 +147,5 @@ func (c poolCounts) fits(n, pageSize int, poolDir string) error {
 	}
 	return fmt.Errorf("%w: need %d pages of %d kB, %d free (nr_hugepages %d, %d reserved by others): "+
 		"raise /proc/sys/vm/nr_hugepages (or %s/nr_hugepages) to at least %d",
-		ErrNoHugepages, n, pageSize>>10, c.available(), c.Total, c.Reserved, poolDir, c.Total+n-c.available())
+		ErrNoMemory, n, pageSize>>10, c.available(), c.Total, c.Reserved, poolDir, c.Total+n-c.available())
 }

@@ -1,4 +1,4 @@
-package dma
+package hugepage
 
 import "unsafe"
 

@@ -1,4 +1,4 @@
-package dma
+package hugepage
 
 import (
 	"errors"
@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nke-harness/nke/nke/dma"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -31,14 +33,14 @@ func TestPagemapEntry(t *testing.T) {
 	}
 }
 
-// seg describes a Segment by position so that cmp compares layouts, not
+// seg describes a dma.Segment by position so that cmp compares layouts, not
 // bytes.
 type seg struct {
 	Off, Len int
 	Addr     uint64
 }
 
-func describe(mem []byte, segs []Segment) []seg {
+func describe(mem []byte, segs []dma.Segment) []seg {
 	var out []seg
 	for _, s := range segs {
 		out = append(out, seg{int(addrOf(s.Mem) - addrOf(mem)), len(s.Mem), s.Addr})
@@ -79,7 +81,7 @@ func TestMergeSegments(t *testing.T) {
 func TestVirt2Phys(t *testing.T) {
 	const ps = 4096
 	mem := make([]byte, 3*ps)
-	h := &Hugepages{mem: mem, pageSize: ps, phys: []uint64{0x10000, 0x11000, 0x90000}}
+	h := &Memory{mem: mem, pageSize: ps, phys: []uint64{0x10000, 0x11000, 0x90000}}
 	for _, tc := range []struct {
 		b    []byte
 		want uint64
@@ -130,8 +132,8 @@ func TestReadPool(t *testing.T) {
 		t.Errorf("8 of 8 available: %v", err)
 	}
 	err = c.fits(9, 2<<20, dir)
-	if !errors.Is(err, ErrNoHugepages) {
-		t.Fatalf("err = %v, want ErrNoHugepages", err)
+	if !errors.Is(err, ErrNoMemory) {
+		t.Fatalf("err = %v, want ErrNoMemory", err)
 	}
 	for _, s := range []string{"need 9 pages of 2048 kB, 8 free", "nr_hugepages 16", "2 reserved", "/proc/sys/vm/nr_hugepages", "to at least 17"} {
 		if !strings.Contains(err.Error(), s) {
@@ -149,7 +151,7 @@ func TestReadPool(t *testing.T) {
 	}
 }
 
-func TestOpenHugepagesErrors(t *testing.T) {
+func TestOpenErrors(t *testing.T) {
 	for _, tc := range []struct {
 		dir   string
 		size  int
@@ -157,18 +159,18 @@ func TestOpenHugepagesErrors(t *testing.T) {
 	}{
 		{t.TempDir(), 1 << 21, ErrNoHugetlbfs},
 		{filepath.Join(t.TempDir(), "missing"), 1 << 21, ErrNoHugetlbfs},
-		{DefaultHugepageDir, 0, nil},
+		{DefaultDir, 0, nil},
 	} {
-		_, err := OpenHugepages(tc.dir, tc.size)
+		_, err := Open(tc.dir, tc.size)
 		if err == nil {
-			t.Errorf("OpenHugepages(%s, %d) succeeded", tc.dir, tc.size)
+			t.Errorf("Open(%s, %d) succeeded", tc.dir, tc.size)
 			continue
 		}
 		if errors.Is(err, ErrNotSupported) {
 			t.Skip("no hugepage support on this platform")
 		}
 		if tc.errIs != nil && !errors.Is(err, tc.errIs) {
-			t.Errorf("OpenHugepages(%s): err = %v, want %v", tc.dir, err, tc.errIs)
+			t.Errorf("Open(%s): err = %v, want %v", tc.dir, err, tc.errIs)
 		}
 		if tc.errIs == ErrNoHugetlbfs && !strings.Contains(err.Error(), "mount -t hugetlbfs") {
 			t.Errorf("error %q does not say how to mount hugetlbfs", err)
@@ -176,10 +178,10 @@ func TestOpenHugepagesErrors(t *testing.T) {
 	}
 }
 
-// TestOpenHugepagesLive runs against a real hugetlbfs when the machine has
+// TestOpenLive runs against a real hugetlbfs when the machine has
 // one with free pages and the test runs as root; in the guest every VM test
 // depends on it (kernel/guest maps its DMA memory with it).
-func TestOpenHugepagesLive(t *testing.T) {
+func TestOpenLive(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for pagemap frame numbers")
 	}
@@ -187,9 +189,9 @@ func TestOpenHugepagesLive(t *testing.T) {
 	if err != nil || c.available() < 2 {
 		t.Skipf("no free 2 MiB hugepages (%+v, %v)", c, err)
 	}
-	h, err := OpenHugepages(DefaultHugepageDir, 3<<20)
+	h, err := Open(DefaultDir, 3<<20)
 	if errors.Is(err, ErrNoHugetlbfs) {
-		t.Skipf("hugetlbfs not mounted at %s", DefaultHugepageDir)
+		t.Skipf("hugetlbfs not mounted at %s", DefaultDir)
 	}
 	if err != nil {
 		t.Fatalf("%v (pool %s)", err, dir)
@@ -213,7 +215,7 @@ func TestOpenHugepagesLive(t *testing.T) {
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.Alloc(1, 1); !errors.Is(err, ErrNoMemory) {
+	if _, err := h.Alloc(1, 1); !errors.Is(err, dma.ErrNoMemory) {
 		t.Errorf("Alloc after Close: %v", err)
 	}
 }

@@ -1,6 +1,6 @@
 //go:build linux
 
-package dma
+package hugepage
 
 import (
 	"fmt"
@@ -13,7 +13,7 @@ import (
 // one fresh virtual range in ascending physical order: page order[k] (at
 // file offset order[k]*pageSize) goes to slot k. The kernel hands out
 // hugepages in descending physical order, so without this physically
-// adjacent pages are never virtually adjacent and every Segment is one
+// adjacent pages are never virtually adjacent and every dma.Segment is one
 // page. It returns the new mapping and how to unmap it.
 func remapSorted(fd, pageSize int, order []int) ([]byte, func() error, error) {
 	ps := uintptr(pageSize)

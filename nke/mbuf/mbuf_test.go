@@ -5,7 +5,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/nke-harness/nke/kernel/dma"
+	"github.com/nke-harness/nke/nke/dma"
 )
 
 func newPool(t testing.TB, n int) *Pool {

@@ -1,0 +1,122 @@
+// Package layering_test keeps the module's import rules: which trees may
+// depend on which. The layers, bottom up:
+//
+//	nke/dma, nke/mbuf   the substrate: DMA memory and packets. Nothing else.
+//	nke/...             the KPI NKE authors import, and NKEs: only nke/...
+//	virtio/...          drivers and the device model: the substrate only
+//	kernel/...          the guest runtime, which implements the hook points
+//	initramfs, tools/...  host side and the guest's main
+//	vmtests             tests that boot the image
+//
+// Only what a package's own (non-test) code pulls in counts: tests may
+// use a lower layer's test rig from a higher one.
+package layering_test
+
+import (
+	"encoding/json"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/nke-harness/nke/"
+
+// layers says, for each tree (the longest matching prefix wins), which
+// trees of the module its packages may depend on, directly or not.
+var layers = []struct {
+	tree string
+	may  []string
+}{
+	{"nke/dma", nil},
+	{"nke/mbuf", []string{"nke/dma"}},
+	{"nke", []string{"nke"}},
+	{"virtio", []string{"virtio", "nke/dma", "nke/mbuf"}},
+	{"kernel", []string{"kernel", "virtio", "nke"}},
+	{"initramfs", nil},
+	{"tools", []string{"tools", "kernel", "virtio", "nke", "initramfs"}},
+	{"vmtests", []string{"vmtests", "tools", "kernel", "virtio", "nke", "initramfs"}},
+}
+
+// under reports whether the module-relative path p is tree or below it.
+func under(p, tree string) bool { return p == tree || strings.HasPrefix(p, tree+"/") }
+
+func layerOf(p string) (tree string, may []string, ok bool) {
+	best := -1
+	for i, l := range layers {
+		if under(p, l.tree) && (best < 0 || len(l.tree) > len(layers[best].tree)) {
+			best = i
+		}
+	}
+	if best < 0 {
+		return "", nil, false
+	}
+	return layers[best].tree, layers[best].may, true
+}
+
+func TestLayering(t *testing.T) {
+	out, err := exec.Command("go", "list", "-json=ImportPath,Deps", "./...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	seen := 0
+	for dec.More() {
+		var pkg struct {
+			ImportPath string
+			Deps       []string
+		}
+		if err := dec.Decode(&pkg); err != nil {
+			t.Fatal(err)
+		}
+		p, ok := strings.CutPrefix(pkg.ImportPath, module)
+		if !ok {
+			continue // the module root's own test package
+		}
+		seen++
+		tree, may, ok := layerOf(p)
+		if !ok {
+			t.Errorf("%s is in no layer: add its tree to layers", p)
+			continue
+		}
+		for _, d := range pkg.Deps {
+			dp, ok := strings.CutPrefix(d, module)
+			if !ok || under(dp, tree) {
+				continue
+			}
+			if !slices.ContainsFunc(may, func(m string) bool { return under(dp, m) }) {
+				t.Errorf("%s (layer %s) depends on %s: allowed are %v", p, tree, dp, may)
+			}
+		}
+	}
+	if seen < 10 {
+		t.Fatalf("go list found %d packages of the module: the test is not looking at the tree", seen)
+	}
+}
+
+// The rules can fail: a package of each layer that reached above itself
+// would be caught.
+func TestLayeringRules(t *testing.T) {
+	for _, c := range []struct {
+		pkg, dep string
+		ok       bool
+	}{
+		{"nke/mbuf", "nke/dma", true},
+		{"nke/mbuf", "kernel/ifnet", false},
+		{"nke/dma", "nke/mbuf", false},
+		{"nke/examples/ethlog", "nke/mbuf", true},
+		{"nke/examples/ethlog", "kernel/ifnet", false},
+		{"nke", "virtio/virtionet", false},
+		{"virtio/virtionet", "nke/mbuf", true},
+		{"virtio/virtionet", "nke", false},
+		{"virtio/virtionet", "kernel/ifnet", false},
+		{"kernel/ifnet", "nke", true},
+		{"initramfs", "kernel/guest", false},
+	} {
+		_, may, ok := layerOf(c.pkg)
+		allowed := ok && slices.ContainsFunc(may, func(m string) bool { return under(c.dep, m) })
+		if allowed != c.ok {
+			t.Errorf("%s -> %s: allowed %v, want %v", c.pkg, c.dep, allowed, c.ok)
+		}
+	}
+}
