@@ -1,0 +1,92 @@
+package hook
+
+import (
+	"sync/atomic"
+
+	"github.com/nke-harness/nke/nke"
+)
+
+// Lanes: each poll loop counts on a lane of its own, so that its counters
+// share no cache line with another writer's; goroutines that are not a
+// poll loop (the stack's timers and senders) share SharedLane.
+const (
+	MaxLanes   = 4
+	SharedLane = MaxLanes - 1
+)
+
+// SampleEvery is how often (in calls) a dispatch loop times a filter.
+const SampleEvery = 64
+
+// Stats are one filter's counters, always on. A dispatch loop adds a
+// burst's worth at a time with Add; Read sums the lanes.
+type Stats struct {
+	lanes  [MaxLanes]lane
+	faults atomic.Uint64
+}
+
+type lane struct {
+	packets  atomic.Uint64
+	bytes    atomic.Uint64
+	verdicts [nke.NumVerdicts]atomic.Uint64
+	sampled  atomic.Uint64 // packets in timed calls
+	ns       atomic.Uint64 // their time
+	_        [64]byte      // keep the next lane off this one's cache line
+}
+
+// Burst is what a dispatch loop counted for one filter over one burst.
+type Burst struct {
+	Packets, Bytes uint64
+	Verdicts       [nke.NumVerdicts]uint64
+}
+
+// Add records a burst on lane l (0 to MaxLanes-1).
+func (s *Stats) Add(l int, b *Burst) {
+	ln := &s.lanes[l]
+	ln.packets.Add(b.Packets)
+	ln.bytes.Add(b.Bytes)
+	for v, n := range b.Verdicts {
+		if n != 0 {
+			ln.verdicts[v].Add(n)
+		}
+	}
+}
+
+// AddSample records a timed call of the filter over packets packets.
+func (s *Stats) AddSample(l int, packets, ns uint64) {
+	ln := &s.lanes[l]
+	ln.sampled.Add(packets)
+	ln.ns.Add(ns)
+}
+
+// Counters are a filter's counters summed over the lanes.
+type Counters struct {
+	Packets  uint64 `json:"packets"`
+	Bytes    uint64 `json:"bytes"`
+	Continue uint64 `json:"continue"`
+	Swallow  uint64 `json:"swallow"`
+	Drop     uint64 `json:"drop"`
+	Faults   uint64 `json:"faults"`
+	// NsPerPacket is the sampled cost of the filter per packet.
+	NsPerPacket float64 `json:"ns_per_packet"`
+}
+
+// Read sums the lanes. Safe from any goroutine.
+func (s *Stats) Read() Counters {
+	var c Counters
+	var sampled, ns uint64
+	for i := range s.lanes {
+		ln := &s.lanes[i]
+		c.Packets += ln.packets.Load()
+		c.Bytes += ln.bytes.Load()
+		c.Continue += ln.verdicts[nke.Continue].Load()
+		c.Swallow += ln.verdicts[nke.Swallow].Load()
+		c.Drop += ln.verdicts[nke.Drop].Load()
+		sampled += ln.sampled.Load()
+		ns += ln.ns.Load()
+	}
+	c.Faults = s.faults.Load()
+	if sampled > 0 {
+		c.NsPerPacket = float64(ns) / float64(sampled)
+	}
+	return c
+}
