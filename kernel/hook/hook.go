@@ -300,6 +300,10 @@ func (e *Entry[F]) Fault(v any) {
 	}
 }
 
+// HandleOf returns the handle of an attached entry, for the owner of the
+// hook (detaching everything when the interface goes away).
+func (c *Chain[F]) HandleOf(e *Entry[F]) *Handle[F] { return &Handle[F]{e: e} }
+
 // Handle is an attached filter. Its Detach unlinks it.
 type Handle[F any] struct{ e *Entry[F] }
 

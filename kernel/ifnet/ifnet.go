@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nke-harness/nke/kernel/hook"
+	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/mbuf"
 )
 
@@ -140,10 +142,14 @@ type Interface struct {
 	// knows to wake it; cleared by the loop.
 	sleeping atomic.Bool
 
+	// filters are the interface filters, in and out (filter.go).
+	filters *hook.Chain[*ifFilter]
+
 	// Owned by the poller (the loop, or PollOnce's caller).
 	rx, tx  []*mbuf.Mbuf
-	pending int    // tx[:pending] wait for ring space
-	linkErr string // the link-status error last logged
+	pending int       // tx[:pending] wait for ring space (filters have seen them)
+	linkErr string    // the link-status error last logged
+	fv      filterVec // the input and output filters' scratch (never both at once)
 
 	link    atomic.Bool
 	running atomic.Bool
@@ -157,6 +163,8 @@ type counters struct {
 	rxPackets, rxBytes, rxUnknown, rxShort    atomic.Uint64
 	txPackets, txBytes, txQueueDrops          atomic.Uint64
 	recoveries, linkChanges, polls, idleWaits atomic.Uint64
+	rxFilterDrops, rxSwallowed                atomic.Uint64
+	txFilterDrops, txSwallowed                atomic.Uint64
 }
 
 // Stats count what the interface layer did (the driver has its own).
@@ -173,6 +181,11 @@ type Stats struct {
 	LinkChanges  uint64 `json:"link_changes"`
 	Polls        uint64 `json:"polls"`
 	IdleWaits    uint64 `json:"idle_waits"`
+	// Packets interface filters dropped or swallowed, each way.
+	RxFilterDrops uint64 `json:"rx_filter_drops"`
+	RxSwallowed   uint64 `json:"rx_swallowed"`
+	TxFilterDrops uint64 `json:"tx_filter_drops"`
+	TxSwallowed   uint64 `json:"tx_swallowed"`
 }
 
 // New returns an interface over drv. Start runs its poll loop.
@@ -184,7 +197,10 @@ func New(drv Driver, cfg Config) (*Interface, error) {
 	}
 	ifp := &Interface{cfg: cfg, drv: drv, txq: mbuf.NewQueue(cfg.TxQueueLen), waker: w,
 		rx: make([]*mbuf.Mbuf, cfg.Burst), tx: make([]*mbuf.Mbuf, cfg.Burst),
-		stop: make(chan struct{}), done: make(chan struct{})}
+		stop: make(chan struct{}), done: make(chan struct{}), fv: newFilterVec(cfg.Burst)}
+	ifp.filters = hook.New[*ifFilter](cfg.Name+" filters", hook.FIFO, func(f hook.Fault) {
+		cfg.Logf("%s\n%s", f, f.Stack)
+	})
 	ifp.learnIdentity()
 	ifp.protos.Store(&demux{})
 	return ifp, nil
@@ -204,15 +220,18 @@ func (ifp *Interface) MTU() int { return int(ifp.mtu.Load()) }
 
 // learnIdentity takes the driver's MAC and MTU, which a device may change
 // across a reset, and says whether they changed.
-func (ifp *Interface) learnIdentity() {
+func (ifp *Interface) learnIdentity() bool {
 	var mac [6]byte
 	copy(mac[:], ifp.drv.MAC())
 	mtu := int32(ifp.drv.MTU())
+	changed := false
 	if old := ifp.mac.Load(); old != nil && (*old != mac || ifp.mtu.Load() != mtu) {
 		ifp.cfg.Logf("%s: the device came back with MAC %x, MTU %d (was %x, %d)", ifp.cfg.Name, mac, mtu, *old, ifp.mtu.Load())
+		changed = true
 	}
 	ifp.mac.Store(&mac)
 	ifp.mtu.Store(mtu)
+	return changed
 }
 
 // Pool is where packets for Output should come from.
@@ -280,6 +299,23 @@ func (ifp *Interface) Stop() {
 	<-ifp.done
 	ifp.txq.Drain()
 	ifp.waker.Close()
+	ifp.detachFilters()
+}
+
+// detachFilters tells every filter the interface is going away, then
+// detaches them (their Detached callbacks follow) and waits for that.
+func (ifp *Interface) detachFilters() {
+	ifp.event(nke.EventDetaching)
+	var hs []*hook.Handle[*ifFilter]
+	for _, e := range ifp.filters.Entries() {
+		hs = append(hs, ifp.filters.HandleOf(e))
+	}
+	for _, h := range hs {
+		h.Detach()
+	}
+	for _, h := range hs {
+		<-h.Done()
+	}
 }
 
 // Stats returns the interface counters. Safe from any goroutine.
@@ -290,6 +326,8 @@ func (ifp *Interface) Stats() Stats {
 		TxPackets: c.txPackets.Load(), TxBytes: c.txBytes.Load(), TxQueueDrops: c.txQueueDrops.Load(),
 		Recoveries: c.recoveries.Load(), LinkChanges: c.linkChanges.Load(),
 		Polls: c.polls.Load(), IdleWaits: c.idleWaits.Load(),
+		RxFilterDrops: c.rxFilterDrops.Load(), RxSwallowed: c.rxSwallowed.Load(),
+		TxFilterDrops: c.txFilterDrops.Load(), TxSwallowed: c.txSwallowed.Load(),
 	}
 }
 
@@ -386,7 +424,12 @@ func (ifp *Interface) poll() bool {
 		ifp.recover(err)
 		return true
 	}
-	ifp.pending += ifp.txq.DequeueBatch(ifp.tx[ifp.pending:])
+	if k := ifp.txq.DequeueBatch(ifp.tx[ifp.pending:]); k > 0 {
+		if !ifp.filters.Empty() {
+			k = ifp.filterOutput(ifp.tx[ifp.pending : ifp.pending+k])
+		}
+		ifp.pending += k
+	}
 	if ifp.pending > 0 {
 		sent, err := ifp.drv.TxBurst(ifp.tx[:ifp.pending])
 		if sent > 0 {
@@ -407,15 +450,18 @@ func (ifp *Interface) poll() bool {
 	return work
 }
 
-// input counts and demultiplexes a burst. Each frame goes to the protocol
-// attached for its EtherType or is dropped.
+// input counts and demultiplexes a burst, runs it through the interface
+// filters, and hands each frame left to the protocol attached for its
+// EtherType. A frame no protocol claims is dropped and counted.
 func (ifp *Interface) input(pkts []*mbuf.Mbuf) {
 	d := ifp.protos.Load() // one snapshot per burst
+	v := &ifp.fv
 	var bytes, unknown, short uint64
+	n := 0
 	for _, m := range pkts {
 		m.RcvIf = ifp.cfg.Index
 		bytes += uint64(m.PktLen())
-		if m.Len() < 14 {
+		if m.Len() < ethHdrLen {
 			short++
 			m.Free()
 			continue
@@ -427,7 +473,15 @@ func (ifp *Interface) input(pkts []*mbuf.Mbuf) {
 			m.Free()
 			continue
 		}
-		h(m)
+		v.pkts[n], v.ets[n], v.hs[n] = m, et, h
+		n++
+	}
+	if n > 0 && !ifp.filters.Empty() {
+		n = ifp.filterInput(n)
+	}
+	for i := 0; i < n; i++ {
+		v.hs[i](v.pkts[i])
+		v.pkts[i], v.hs[i] = nil, nil
 	}
 	ifp.stats.rxPackets.Add(uint64(len(pkts)))
 	ifp.stats.rxBytes.Add(bytes)
@@ -458,7 +512,9 @@ func (ifp *Interface) recover(cause error) {
 		return
 	}
 	ifp.cfg.Logf("%s: device reset and running again", ifp.cfg.Name)
-	ifp.learnIdentity()
+	if ifp.learnIdentity() {
+		ifp.event(nke.EventAddressChanged)
+	}
 }
 
 func (ifp *Interface) check() {
@@ -483,6 +539,11 @@ func (ifp *Interface) check() {
 			state = "up"
 		}
 		ifp.cfg.Logf("%s: link %s", ifp.cfg.Name, state)
+		ev := nke.EventLinkDown
+		if up {
+			ev = nke.EventLinkUp
+		}
+		ifp.event(ev)
 	}
 }
 
