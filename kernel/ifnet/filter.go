@@ -178,7 +178,7 @@ func (ifp *Interface) runInput(e *hook.Entry[*ifFilter], n int) int {
 		pkts, frames = v.selPkts[:k], v.selFrame[:k]
 	}
 	verdicts := v.verdicts[:k]
-	clear(verdicts) // Continue
+	clear(verdicts)  // Continue
 	ets := v.ets[:n] // each packet's EtherType; a selective filter's are all its own
 	if f.proto != 0 {
 		ets = nil
