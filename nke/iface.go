@@ -125,3 +125,63 @@ type Attachment interface {
 	Detach()
 	Done() <-chan struct{}
 }
+
+// RawVerdict is what a raw ring hook decides about a frame (XDP's return
+// codes, the ones that make sense here).
+type RawVerdict uint8
+
+const (
+	// RawPass hands the frame on to demux and the interface filters.
+	RawPass RawVerdict = iota
+	// RawDrop frees it at once, before anything parses it.
+	RawDrop
+	// RawTransmit sends it back out of the interface it came in on, as
+	// the hook left its bytes (XDP_TX): a reflector swaps the addresses.
+	RawTransmit
+)
+
+func (v RawVerdict) String() string {
+	switch v {
+	case RawPass:
+		return "pass"
+	case RawDrop:
+		return "drop"
+	case RawTransmit:
+		return "transmit"
+	}
+	return fmt.Sprintf("raw-verdict(%d)", uint8(v))
+}
+
+// A raw ring hook (pfil's PFIL_MEMPTR, XDP's place) sees each received
+// frame's bytes in its rx buffer, before any parsing: the Ethernet frame
+// as the device wrote it (the first buffer's worth of a frame that spans
+// several). It may rewrite them in place. It implements one of these.
+type (
+	RawFilter interface {
+		FilterRaw(ifp Interface, frame []byte) RawVerdict
+	}
+	// RawBurstFilter is the burst form: a verdict per frame of a burst.
+	RawBurstFilter interface {
+		FilterRawBurst(ifp Interface, frames [][]byte, verdicts []RawVerdict)
+	}
+)
+
+// RawHookSpec declares a raw ring hook.
+type RawHookSpec struct {
+	Name     string
+	Order    Order
+	Filter   any // a RawFilter or a RawBurstFilter
+	Detached func()
+}
+
+// Check validates the spec.
+func (s RawHookSpec) Check() error {
+	if err := CheckName(s.Name); err != nil {
+		return err
+	}
+	switch s.Filter.(type) {
+	case RawFilter, RawBurstFilter:
+		return nil
+	}
+	return fmt.Errorf("nke: raw hook %s (%T): %w", s.Name, s.Filter, ErrNoCallbacks)
+}

@@ -86,6 +86,7 @@ type filterVec struct {
 	selPkts  []*mbuf.Mbuf
 	selFrame [][]byte
 	verdicts []nke.Verdict
+	raw      []nke.RawVerdict
 	calls    uint64 // for latency sampling
 }
 
@@ -96,7 +97,7 @@ func newFilterVec(burst int) filterVec {
 		pkts: make([]*mbuf.Mbuf, burst), lens: make([]int, burst), ets: make([]uint16, burst), hs: make([]Handler, burst),
 		frames: make([][]byte, burst), frameBuf: make([][ethHdrLen]byte, burst),
 		sel: make([]int, burst), selPkts: make([]*mbuf.Mbuf, burst), selFrame: make([][]byte, burst),
-		verdicts: make([]nke.Verdict, burst),
+		verdicts: make([]nke.Verdict, burst), raw: make([]nke.RawVerdict, burst),
 	}
 	for i := range v.frames {
 		v.frames[i] = v.frameBuf[i][:]

@@ -142,8 +142,11 @@ type Interface struct {
 	// knows to wake it; cleared by the loop.
 	sleeping atomic.Bool
 
-	// filters are the interface filters, in and out (filter.go).
+	// filters are the interface filters, in and out (filter.go); raw
+	// the raw ring hooks (raw.go).
 	filters *hook.Chain[*ifFilter]
+	raw     *hook.Chain[*rawFilter]
+	bounce  []*mbuf.Mbuf // frames raw hooks send back, for the next TxBurst
 
 	// Owned by the poller (the loop, or PollOnce's caller).
 	rx, tx  []*mbuf.Mbuf
@@ -164,6 +167,7 @@ type counters struct {
 	txPackets, txBytes, txQueueDrops          atomic.Uint64
 	recoveries, linkChanges, polls, idleWaits atomic.Uint64
 	rxFilterDrops, rxSwallowed                atomic.Uint64
+	rxRawDrops, rxBounced                     atomic.Uint64
 	txFilterDrops, txSwallowed                atomic.Uint64
 }
 
@@ -182,6 +186,8 @@ type Stats struct {
 	Polls        uint64 `json:"polls"`
 	IdleWaits    uint64 `json:"idle_waits"`
 	// Packets interface filters dropped or swallowed, each way.
+	RxRawDrops    uint64 `json:"rx_raw_drops"`
+	RxBounced     uint64 `json:"rx_bounced"`
 	RxFilterDrops uint64 `json:"rx_filter_drops"`
 	RxSwallowed   uint64 `json:"rx_swallowed"`
 	TxFilterDrops uint64 `json:"tx_filter_drops"`
@@ -198,9 +204,10 @@ func New(drv Driver, cfg Config) (*Interface, error) {
 	ifp := &Interface{cfg: cfg, drv: drv, txq: mbuf.NewQueue(cfg.TxQueueLen), waker: w,
 		rx: make([]*mbuf.Mbuf, cfg.Burst), tx: make([]*mbuf.Mbuf, cfg.Burst),
 		stop: make(chan struct{}), done: make(chan struct{}), fv: newFilterVec(cfg.Burst)}
-	ifp.filters = hook.New[*ifFilter](cfg.Name+" filters", hook.FIFO, func(f hook.Fault) {
-		cfg.Logf("%s\n%s", f, f.Stack)
-	})
+	report := func(f hook.Fault) { cfg.Logf("%s\n%s", f, f.Stack) }
+	ifp.filters = hook.New[*ifFilter](cfg.Name+" filters", hook.FIFO, report)
+	ifp.raw = hook.New[*rawFilter](cfg.Name+" raw", hook.FIFO, report)
+	ifp.bounce = make([]*mbuf.Mbuf, 0, cfg.Burst)
 	ifp.learnIdentity()
 	ifp.protos.Store(&demux{})
 	return ifp, nil
@@ -327,6 +334,7 @@ func (ifp *Interface) Stats() Stats {
 		Recoveries: c.recoveries.Load(), LinkChanges: c.linkChanges.Load(),
 		Polls: c.polls.Load(), IdleWaits: c.idleWaits.Load(),
 		RxFilterDrops: c.rxFilterDrops.Load(), RxSwallowed: c.rxSwallowed.Load(),
+		RxRawDrops: c.rxRawDrops.Load(), RxBounced: c.rxBounced.Load(),
 		TxFilterDrops: c.txFilterDrops.Load(), TxSwallowed: c.txSwallowed.Load(),
 	}
 }
@@ -418,7 +426,24 @@ func (ifp *Interface) poll() bool {
 	n, err := ifp.drv.RxBurst(ifp.rx)
 	if n > 0 {
 		work = true
+		if !ifp.raw.Empty() {
+			n = ifp.rawInput(ifp.rx[:n])
+		}
 		ifp.input(ifp.rx[:n])
+	}
+	if len(ifp.bounce) > 0 {
+		sent, err := ifp.drv.TxBurst(ifp.bounce)
+		// What the ring cannot take now is dropped, as XDP_TX does.
+		if unsent := len(ifp.bounce) - sent; unsent > 0 {
+			mbuf.FreeBatch(ifp.bounce[sent:])
+			ifp.stats.rxRawDrops.Add(uint64(unsent))
+		}
+		clear(ifp.bounce[:sent])
+		ifp.bounce = ifp.bounce[:0]
+		if err != nil {
+			ifp.recover(err)
+			return true
+		}
 	}
 	if err != nil {
 		ifp.recover(err)

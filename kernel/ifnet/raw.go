@@ -1,0 +1,117 @@
+package ifnet
+
+import (
+	"fmt"
+
+	"github.com/nke-harness/nke/kernel/hook"
+	"github.com/nke-harness/nke/nke"
+	"github.com/nke-harness/nke/nke/mbuf"
+)
+
+// The raw ring hook runs first on each received burst, before demux or
+// any parsing, over the frame bytes in the rx buffers (XDP's place). With
+// no hook attached it costs one atomic load per burst.
+
+type rawFilter struct {
+	one   nke.RawFilter
+	burst nke.RawBurstFilter
+}
+
+// AttachRawHook attaches a raw ring hook; the handle's Detach unlinks it.
+func (ifp *Interface) AttachRawHook(spec nke.RawHookSpec) (nke.Attachment, error) {
+	if err := spec.Check(); err != nil {
+		return nil, fmt.Errorf("ifnet %s: %w", ifp.cfg.Name, err)
+	}
+	f := &rawFilter{}
+	f.one, _ = spec.Filter.(nke.RawFilter)
+	f.burst, _ = spec.Filter.(nke.RawBurstFilter)
+	h, err := ifp.raw.Attach(hook.Spec[*rawFilter]{Name: spec.Name, Order: spec.Order, Filter: f, Detached: spec.Detached})
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// RawHooks lists the attached raw hooks with their counters.
+func (ifp *Interface) RawHooks() []FilterStatus {
+	var out []FilterStatus
+	for _, e := range ifp.raw.Entries() {
+		out = append(out, FilterStatus{Name: e.Name, Counters: e.Stats.Read()})
+	}
+	return out
+}
+
+// rawInput runs the raw hooks over pkts and returns how many go on to
+// demux (compacted to the front, in order). Frames a hook sends back are
+// queued for the driver at the head of the next transmit burst.
+func (ifp *Interface) rawInput(pkts []*mbuf.Mbuf) int {
+	v := &ifp.fv
+	n := len(pkts)
+	for i, m := range pkts {
+		v.selFrame[i] = m.Bytes()
+	}
+	s := ifp.raw.Acquire()
+	defer s.Release()
+	for _, e := range s.Entries {
+		verdicts := v.raw[:n]
+		clear(verdicts)
+		ifp.callRaw(e, v.selFrame[:n], verdicts)
+		var b hook.Burst
+		b.Packets = uint64(n)
+		j := 0
+		for i := 0; i < n; i++ {
+			b.Bytes += uint64(len(v.selFrame[i]))
+			switch verdicts[i] {
+			case nke.RawPass:
+				pkts[j], v.selFrame[j] = pkts[i], v.selFrame[i]
+				j++
+				continue
+			case nke.RawTransmit:
+				b.Verdicts[nke.Swallow]++
+				if len(ifp.bounce) < cap(ifp.bounce) {
+					ifp.bounce = append(ifp.bounce, pkts[i])
+					ifp.stats.rxBounced.Add(1)
+					continue
+				}
+				// No room this burst: dropped, as XDP_TX drops on a
+				// full ring.
+			default:
+				b.Verdicts[nke.Drop]++
+			}
+			pkts[i].Free()
+			ifp.stats.rxRawDrops.Add(1)
+		}
+		b.Verdicts[nke.Continue] = uint64(j)
+		e.Stats.Add(0, &b)
+		n = j
+		if n == 0 {
+			break
+		}
+	}
+	return n
+}
+
+// callRaw calls one raw hook over frames; a panic detaches it and drops
+// the burst (the verdicts say drop).
+func (ifp *Interface) callRaw(e *hook.Entry[*rawFilter], frames [][]byte, verdicts []nke.RawVerdict) {
+	defer func() {
+		if r := recover(); r != nil {
+			e.Fault(r)
+			for i := range verdicts {
+				verdicts[i] = nke.RawDrop
+			}
+		}
+	}()
+	if f := e.Filter; f.burst != nil {
+		f.burst.FilterRawBurst(ifp, frames, verdicts)
+	} else {
+		for i, fr := range frames {
+			verdicts[i] = f.one.FilterRaw(ifp, fr)
+		}
+	}
+	for i, vd := range verdicts {
+		if vd > nke.RawTransmit {
+			verdicts[i] = nke.RawDrop // not a verdict
+		}
+	}
+}
