@@ -31,7 +31,9 @@ func TestCheckName(t *testing.T) {
 
 type inOnly struct{}
 
-func (inOnly) FilterInput(nke.Interface, uint16, **mbuf.Mbuf, []byte) nke.Verdict { return nke.Continue }
+func (inOnly) FilterInput(nke.Interface, uint16, **mbuf.Mbuf, []byte) nke.Verdict {
+	return nke.Continue
+}
 
 type rawOnly struct{}
 
