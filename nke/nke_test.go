@@ -67,3 +67,24 @@ func TestVerdictNames(t *testing.T) {
 		}
 	}
 }
+
+type ipIn struct{}
+
+func (ipIn) FilterIPInput(**mbuf.Mbuf, int, uint8) nke.Verdict { return nke.Continue }
+
+func TestIPFilterSpecCheck(t *testing.T) {
+	for _, c := range []struct {
+		spec nke.IPFilterSpec
+		ok   bool
+	}{
+		{nke.IPFilterSpec{Name: "fw", Family: nke.IPv4, Filter: ipIn{}}, true},
+		{nke.IPFilterSpec{Name: "fw", Family: nke.IPv6, Filter: ipIn{}}, true},
+		{nke.IPFilterSpec{Name: "fw", Family: 5, Filter: ipIn{}}, false},
+		{nke.IPFilterSpec{Family: nke.IPv4, Filter: ipIn{}}, false},
+		{nke.IPFilterSpec{Name: "fw", Family: nke.IPv4, Filter: inOnly{}}, false},
+	} {
+		if err := c.spec.Check(); (err == nil) != c.ok {
+			t.Errorf("%+v: Check = %v, want ok %v", c.spec, err, c.ok)
+		}
+	}
+}
