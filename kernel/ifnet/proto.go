@@ -77,7 +77,7 @@ func (ifp *Interface) AttachProto(spec nke.ProtocolSpec) (nke.ProtocolAttachment
 	}
 	h, err := ifp.protos.Attach(hook.Spec[*ifProto]{Name: spec.Name, Filter: p, Detached: spec.Detached})
 	if err != nil {
-		return nil, fmt.Errorf("ifnet %s: %w", ifp.cfg.Name, err)
+		return nil, err
 	}
 	return &protoAttachment{Handle: h, ifp: ifp}, nil
 }
