@@ -327,3 +327,5 @@ func (ifp *Interface) detachProtos() {
 		<-h.Done()
 	}
 }
+
+var _ nke.Link = (*Interface)(nil)
