@@ -92,7 +92,8 @@ type Chain[F any] struct {
 	// +checklocks:mu
 	seq uint64
 
-	cur atomic.Pointer[Snapshot[F]]
+	cur     atomic.Pointer[Snapshot[F]]
+	capture captureSlot
 }
 
 // New returns an empty chain. name says which hook it is in errors and

@@ -88,6 +88,8 @@ type filterVec struct {
 	verdicts []nke.Verdict
 	raw      []nke.RawVerdict
 	calls    uint64 // for latency sampling
+	// capture is the burst's capturer (nil: nobody captures).
+	capture hook.Capturer
 }
 
 const ethHdrLen = 14
@@ -119,6 +121,7 @@ func (ifp *Interface) filterInput(n int) int {
 		v.frames[i] = v.frameBuf[i][:]
 		v.bytes += v.lens[i]
 	}
+	v.capture = ifp.filters.Capturer()
 	s := ifp.filters.Acquire()
 	for _, e := range s.Entries {
 		if f := e.Filter; f.in != nil || f.inB != nil {
@@ -126,7 +129,25 @@ func (ifp *Interface) filterInput(n int) int {
 		}
 	}
 	s.Release()
+	v.capture = nil
 	return n
+}
+
+// captureAll hands pkts to the burst's capturer at one point: before e
+// ran (verdicts nil) or after, with each verdict.
+func (ifp *Interface) captureAll(e string, chain string, dir hook.Dir, pkts []*mbuf.Mbuf, frames [][]byte, verdicts []nke.Verdict) {
+	c := ifp.fv.capture
+	p := hook.Point{Hook: chain, Filter: e, Dir: dir, After: verdicts != nil}
+	for i, m := range pkts {
+		if verdicts != nil {
+			p.Verdict = verdicts[i]
+		}
+		var fr []byte
+		if frames != nil {
+			fr = frames[i]
+		}
+		c.Capture(p, fr, m)
+	}
 }
 
 // keep moves slot i of the vector to slot j (j <= i).
@@ -169,6 +190,9 @@ func (ifp *Interface) runInput(e *hook.Entry[*ifFilter], n int) int {
 	if f.proto != 0 {
 		ets = nil
 	}
+	if v.capture != nil {
+		ifp.captureAll(e.Name, ifp.filters.Name(), hook.In, pkts, frames, nil)
+	}
 	faulted := ifp.callInput(e, pkts, frames, ets, verdicts)
 	if f.proto != 0 {
 		for i := 0; i < k; i++ {
@@ -183,6 +207,9 @@ func (ifp *Interface) runInput(e *hook.Entry[*ifFilter], n int) int {
 		}
 	}
 	stopped := ifp.account(e, len(pkts), bytes, verdicts, faulted)
+	if v.capture != nil {
+		ifp.captureAll(e.Name, ifp.filters.Name(), hook.In, pkts, frames, verdicts)
+	}
 	if stopped == 0 {
 		return n
 	}
@@ -287,6 +314,7 @@ func (ifp *Interface) account(e *hook.Entry[*ifFilter], k, bytes int, verdicts [
 // compacted to the front in order.
 func (ifp *Interface) filterOutput(pkts []*mbuf.Mbuf) int {
 	n := len(pkts)
+	ifp.fv.capture = ifp.filters.Capturer()
 	s := ifp.filters.Acquire()
 	for _, e := range s.Entries {
 		if f := e.Filter; f.out != nil || f.outB != nil {
@@ -294,6 +322,7 @@ func (ifp *Interface) filterOutput(pkts []*mbuf.Mbuf) int {
 		}
 	}
 	s.Release()
+	ifp.fv.capture = nil
 	return n
 }
 
@@ -326,6 +355,9 @@ func (ifp *Interface) runOutput(e *hook.Entry[*ifFilter], pkts []*mbuf.Mbuf) int
 	}
 	verdicts := v.verdicts[:k]
 	clear(verdicts)
+	if v.capture != nil {
+		ifp.captureAll(e.Name, ifp.filters.Name(), hook.Out, sel, nil, nil)
+	}
 	faulted := ifp.callOutput(e, sel, verdicts)
 	if f.proto != 0 {
 		for i := 0; i < k; i++ {
@@ -336,7 +368,11 @@ func (ifp *Interface) runOutput(e *hook.Entry[*ifFilter], pkts []*mbuf.Mbuf) int
 	for _, m := range sel {
 		bytes += m.PktLen()
 	}
-	if ifp.account(e, len(sel), bytes, verdicts, faulted) == 0 {
+	stopped := ifp.account(e, len(sel), bytes, verdicts, faulted)
+	if v.capture != nil {
+		ifp.captureAll(e.Name, ifp.filters.Name(), hook.Out, sel, nil, verdicts)
+	}
+	if stopped == 0 {
 		return len(pkts)
 	}
 	j, s := 0, 0

@@ -162,6 +162,10 @@ func lookupProto(s *hook.Snapshot[*ifProto], k demuxKey) *hook.Entry[*ifProto] {
 func (ifp *Interface) deliver(e *hook.Entry[*ifProto], pkts []*mbuf.Mbuf, frames [][]byte, lens []int) {
 	p := e.Filter
 	v := &ifp.fv
+	if v.capture = ifp.protos.Capturer(); v.capture != nil {
+		ifp.captureAll(e.Name, ifp.protos.Name(), hook.In, pkts, frames, nil)
+		v.capture = nil
+	}
 	var b hook.Burst
 	b.Packets = uint64(len(pkts))
 	for _, n := range lens {
@@ -218,6 +222,15 @@ type ProtoStatus struct {
 	Name  string   `json:"name"`
 	Demux []string `json:"demux"`
 	hook.Counters
+}
+
+// Capture sets the capturer of the interface's hooks: the raw hooks, the
+// interface filters (before and after each, in and out) and the protocols
+// (each frame as it is handed over). nil stops capturing.
+func (ifp *Interface) Capture(c hook.Capturer) {
+	ifp.raw.SetCapturer(c)
+	ifp.filters.SetCapturer(c)
+	ifp.protos.SetCapturer(c)
 }
 
 // Unclaimed counts the frames no protocol claimed, by their EtherType,

@@ -52,10 +52,17 @@ func (ifp *Interface) rawInput(pkts []*mbuf.Mbuf) int {
 	}
 	s := ifp.raw.Acquire()
 	defer s.Release()
+	c := ifp.raw.Capturer()
 	for _, e := range s.Entries {
 		verdicts := v.raw[:n]
 		clear(verdicts)
+		if c != nil {
+			ifp.captureRaw(c, e.Name, pkts[:n], nil)
+		}
 		ifp.callRaw(e, v.selFrame[:n], verdicts)
+		if c != nil {
+			ifp.captureRaw(c, e.Name, pkts[:n], verdicts)
+		}
 		var b hook.Burst
 		b.Packets = uint64(n)
 		j := 0
@@ -113,5 +120,24 @@ func (ifp *Interface) callRaw(e *hook.Entry[*rawFilter], frames [][]byte, verdic
 		if vd > nke.RawTransmit {
 			verdicts[i] = nke.RawDrop // not a verdict
 		}
+	}
+}
+
+// captureRaw shows a raw hook's frames to c, before it ran (verdicts nil)
+// or after (transmit is reported as a swallow).
+func (ifp *Interface) captureRaw(c hook.Capturer, name string, pkts []*mbuf.Mbuf, verdicts []nke.RawVerdict) {
+	p := hook.Point{Hook: ifp.raw.Name(), Filter: name, After: verdicts != nil}
+	for i, m := range pkts {
+		if verdicts != nil {
+			switch verdicts[i] {
+			case nke.RawPass:
+				p.Verdict = nke.Continue
+			case nke.RawTransmit:
+				p.Verdict = nke.Swallow
+			default:
+				p.Verdict = nke.Drop
+			}
+		}
+		c.Capture(p, nil, m)
 	}
 }
