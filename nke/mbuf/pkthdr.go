@@ -3,6 +3,13 @@ package mbuf
 // pkthdr is the packet header beyond the exported Flags and RcvIf fields.
 // The zero value is an empty header.
 type pkthdr struct {
+	pktmeta
+	tags [TagSlots]tagSlot
+}
+
+// pktmeta is the header without the tags, so that a reset need not clear
+// the tags' bytes (TagAllocate zeroes them).
+type pktmeta struct {
 	// frame is 1 + the offset in buf of the frame (link) header, 0 for
 	// none (xnu mbuf_pkthdr_header).
 	frame int32
@@ -17,13 +24,14 @@ type pkthdr struct {
 	csumValue  uint16
 
 	nextPkt *Mbuf
-
-	tags [TagSlots]tagSlot
 }
 
 func (m *Mbuf) resetHdr() {
 	m.Flags, m.RcvIf = 0, 0
-	m.hdr = pkthdr{}
+	m.hdr.pktmeta = pktmeta{}
+	for i := range m.hdr.tags {
+		m.hdr.tags[i].n = 0
+	}
 }
 
 // SetFrameHeader records where the frame (link-layer) header starts,

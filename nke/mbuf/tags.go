@@ -197,24 +197,24 @@ func TagGet[T any](m *Mbuf, id TagIDType, typ uint16) (T, bool) {
 }
 
 // plainTypes caches plainType's verdict per type: a nonzero index that
-// names the type in a tag slot, or -1 for a type TagPut refuses.
+// names the type in a tag slot, or -1 for a type TagPut refuses. The map
+// is never changed once published (copy on write under plainTypesMu), so
+// readers need no lock.
 var (
-	plainTypes    sync.Map // reflect.Type → int
-	lastPlainType atomic.Int32
+	plainTypes   atomic.Pointer[map[reflect.Type]int32]
+	plainTypesMu sync.Mutex
 )
 
 // plainType returns T's size and index if T is plain data TagPut accepts.
 func plainType[T any]() (size int, idx uint32, err error) {
 	t := reflect.TypeFor[T]()
-	v, ok := plainTypes.Load(t)
-	if !ok {
-		n := -1
-		if isPlain(t) {
-			n = int(lastPlainType.Add(1))
-		}
-		v, _ = plainTypes.LoadOrStore(t, n)
+	var n int32
+	if mp := plainTypes.Load(); mp != nil {
+		n = (*mp)[t]
 	}
-	n := v.(int)
+	if n == 0 {
+		n = registerPlainType(t)
+	}
 	if n < 0 {
 		return 0, 0, ErrTagType
 	}
@@ -222,6 +222,29 @@ func plainType[T any]() (size int, idx uint32, err error) {
 		return 0, 0, ErrTagSize
 	}
 	return size, uint32(n), nil
+}
+
+func registerPlainType(t reflect.Type) int32 {
+	plainTypesMu.Lock()
+	defer plainTypesMu.Unlock()
+	old := map[reflect.Type]int32{}
+	if mp := plainTypes.Load(); mp != nil {
+		old = *mp
+	}
+	if n, ok := old[t]; ok {
+		return n
+	}
+	next := make(map[reflect.Type]int32, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	n := int32(-1)
+	if isPlain(t) {
+		n = int32(len(old) + 1)
+	}
+	next[t] = n
+	plainTypes.Store(&next)
+	return n
 }
 
 // isPlain reports whether every bit pattern of t's size is a valid t
