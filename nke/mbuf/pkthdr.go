@@ -64,9 +64,6 @@ func (m *Mbuf) FrameHeader() []byte {
 	return m.buf[at:m.off:m.off]
 }
 
-// frameLen is len(m.FrameHeader()).
-func (m *Mbuf) frameLen() int { return len(m.FrameHeader()) }
-
 // CsumRequestFlags are the checksums the stack left for the device to
 // compute on output (xnu mbuf_csum_request_flags_t).
 type CsumRequestFlags uint8
