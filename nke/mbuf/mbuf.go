@@ -21,11 +21,14 @@ type Flags uint32
 const (
 	FlagBroadcast Flags = 1 << iota
 	FlagMulticast
-	FlagPromisc // received only because the interface is promiscuous
+	FlagPromisc  // received only because the interface is promiscuous
+	FlagFragment // an IP fragment (xnu MBUF_FRAG)
 )
 
-// Mbuf is one buffer of a packet. The packet header fields (Flags, RcvIf)
-// are meaningful on the first buffer of a chain.
+// Mbuf is one buffer of a packet. The packet header (Flags, RcvIf, the
+// frame header, checksum offload state, the VLAN tag, the next packet of a
+// list and the tags) is meaningful on the first buffer of a chain; a pool
+// resets it when it hands a buffer out.
 //
 // An Mbuf is owned by one goroutine at a time; ownership moves with the
 // pointer (into a ring, through a queue, to a filter).
@@ -42,6 +45,8 @@ type Mbuf struct {
 	Flags Flags
 	// RcvIf is the receiving interface's index, 0 for locally sent packets.
 	RcvIf uint16
+
+	hdr pkthdr // the rest of the packet header (first buffer only)
 }
 
 // Bytes returns the buffer's data. It aliases the buffer.
@@ -286,6 +291,9 @@ func (p *Pool) Headroom() int { return p.headroom }
 // Cap is the number of buffers the pool owns.
 func (p *Pool) Cap() int { return len(p.all) }
 
+// InUse is the number of buffers handed out and not yet returned.
+func (p *Pool) InUse() int { return p.Cap() - p.Avail() }
+
 // Avail is the number of free buffers.
 func (p *Pool) Avail() int {
 	p.mu.Lock()
@@ -365,7 +373,7 @@ func (p *Pool) AllocPacket(n int) *Mbuf {
 
 func (p *Pool) init(m *Mbuf) {
 	m.off, m.n, m.next = p.headroom, 0, nil
-	m.Flags, m.RcvIf = 0, 0
+	m.resetHdr()
 	m.refs.Store(1)
 }
 
