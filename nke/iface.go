@@ -122,6 +122,9 @@ func (s InterfaceFilterSpec) Check() error {
 // call into it is in flight, and Done is closed after that.
 type Attachment interface {
 	Name() string
+	// ID is unique among all attachments of the guest's lifetime: a
+	// filter detached and attached again gets another.
+	ID() uint64
 	Detach()
 	Done() <-chan struct{}
 }

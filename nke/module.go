@@ -17,6 +17,13 @@ type Link interface {
 	// Pool is where packets to send on this interface come from
 	// (mbuf_allocpacket).
 	Pool() *mbuf.Pool
+	// InjectInput hands a whole Ethernet frame to the interface as if
+	// received (ifnet_input); every interface filter sees it again,
+	// from's too, and from is recorded in its provenance. m is consumed.
+	InjectInput(m *mbuf.Mbuf, from Attachment) error
+	// InjectOutput sends a whole Ethernet frame (ifnet_output_raw)
+	// through every interface filter's output. m is consumed.
+	InjectOutput(m *mbuf.Mbuf, from Attachment) error
 }
 
 // Kernel is what the guest offers an NKE when it starts it: the hook

@@ -119,6 +119,8 @@ type Snapshot[F any] struct {
 
 // Entry is one attached filter as the data path sees it.
 type Entry[F any] struct {
+	// ID is unique among all entries of all chains (nke.Attachment.ID).
+	ID     uint64
 	Name   string
 	Filter F
 	// Stats are the filter's counters; the dispatch loop adds to them.
@@ -218,7 +220,7 @@ func (c *Chain[F]) Attach(spec Spec[F]) (*Handle[F], error) {
 		}
 	}
 	c.seq++
-	e := &Entry[F]{Name: spec.Name, Filter: spec.Filter, order: spec.Order, seq: c.seq, chain: c,
+	e := &Entry[F]{ID: nextID.Add(1), Name: spec.Name, Filter: spec.Filter, order: spec.Order, seq: c.seq, chain: c,
 		detached: spec.Detached, done: make(chan struct{})}
 	next, err := resolve(c.policy, append(append([]*Entry[F](nil), c.entries...), e))
 	if err != nil {
@@ -327,6 +329,12 @@ type Handle[F any] struct{ e *Entry[F] }
 
 // Name is the filter's name.
 func (h *Handle[F]) Name() string { return h.e.Name }
+
+// ID is the attachment's unique id.
+func (h *Handle[F]) ID() uint64 { return h.e.ID }
+
+// nextID numbers entries across every chain.
+var nextID atomic.Uint64
 
 // Detach unlinks the filter: no burst that starts after Detach returns
 // calls it. Its Detached callback follows once the calls in flight have

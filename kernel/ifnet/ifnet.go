@@ -129,6 +129,8 @@ type Interface struct {
 	unclaimed unclaimed
 
 	txq   *mbuf.Queue
+	injq  *mbuf.Queue  // frames injected as received, for the loop
+	inj   []*mbuf.Mbuf // the loop's scratch for them
 	waker waker
 	// sleeping is set while the loop is (about to be) asleep, so Output
 	// knows to wake it; cleared by the loop.
@@ -162,6 +164,7 @@ type counters struct {
 	rxRawDrops, rxBounced                     atomic.Uint64
 	txFilterDrops, txSwallowed                atomic.Uint64
 	txPreOutputErrors                         atomic.Uint64
+	rxInjected, txInjected, injectDrops       atomic.Uint64
 }
 
 // Stats count what the interface layer did (the driver has its own).
@@ -187,6 +190,11 @@ type Stats struct {
 	TxSwallowed   uint64 `json:"tx_swallowed"`
 	// TxPreOutputErrors counts packets a protocol's pre-output refused.
 	TxPreOutputErrors uint64 `json:"tx_pre_output_errors"`
+	// Frames filters injected each way, and injections refused (a full
+	// queue, a re-injection loop).
+	RxInjected  uint64 `json:"rx_injected"`
+	TxInjected  uint64 `json:"tx_injected"`
+	InjectDrops uint64 `json:"inject_drops"`
 }
 
 // New returns an interface over drv. Start runs its poll loop.
@@ -197,6 +205,7 @@ func New(drv Driver, cfg Config) (*Interface, error) {
 		return nil, fmt.Errorf("ifnet %s: %w", cfg.Name, err)
 	}
 	ifp := &Interface{cfg: cfg, drv: drv, txq: mbuf.NewQueue(cfg.TxQueueLen), waker: w,
+		injq: mbuf.NewQueue(cfg.TxQueueLen), inj: make([]*mbuf.Mbuf, cfg.Burst),
 		rx: make([]*mbuf.Mbuf, cfg.Burst), tx: make([]*mbuf.Mbuf, cfg.Burst),
 		stop: make(chan struct{}), done: make(chan struct{}), fv: newFilterVec(cfg.Burst)}
 	report := func(f hook.Fault) { cfg.Logf("%s\n%s", f, f.Stack) }
@@ -260,6 +269,58 @@ func (ifp *Interface) Output(m *mbuf.Mbuf) error {
 	return nil
 }
 
+// InjectInput hands m, a whole Ethernet frame, to the interface as if it
+// had been received (Apple's ifnet_input): on the poll loop it goes
+// through demux, every interface filter (the injector's too) and its
+// protocol. from, the injecting filter's attachment or nil, is recorded
+// in the packet's provenance (nke.InjectedBy), so the injector can
+// recognise it. m is consumed, whatever happens; a full queue or a
+// re-injection loop drops it, counted.
+func (ifp *Interface) InjectInput(m *mbuf.Mbuf, from nke.Attachment) error {
+	if err := ifp.stamp(m, from); err != nil {
+		return err
+	}
+	if !ifp.injq.Enqueue(m) {
+		m.Free()
+		ifp.stats.injectDrops.Add(1)
+		return fmt.Errorf("ifnet %s: inject input: %w", ifp.cfg.Name, ErrNoBufs)
+	}
+	ifp.stats.rxInjected.Add(1)
+	if ifp.sleeping.Load() {
+		ifp.waker.Wake()
+	}
+	return nil
+}
+
+// InjectOutput sends m, a whole Ethernet frame, out of the interface
+// (Apple's ifnet_output_raw): every interface filter's output sees it
+// (the injector's too), then the driver. Provenance and ownership as
+// for InjectInput.
+func (ifp *Interface) InjectOutput(m *mbuf.Mbuf, from nke.Attachment) error {
+	if err := ifp.stamp(m, from); err != nil {
+		return err
+	}
+	if err := ifp.Output(m); err != nil {
+		ifp.stats.injectDrops.Add(1)
+		return fmt.Errorf("ifnet %s: inject output: %w", ifp.cfg.Name, err)
+	}
+	ifp.stats.txInjected.Add(1)
+	return nil
+}
+
+func (ifp *Interface) stamp(m *mbuf.Mbuf, from nke.Attachment) error {
+	var id uint64
+	if from != nil {
+		id = from.ID()
+	}
+	if _, err := nke.StampInjection(m, id); err != nil {
+		m.Free()
+		ifp.stats.injectDrops.Add(1)
+		return fmt.Errorf("ifnet %s: %w", ifp.cfg.Name, err)
+	}
+	return nil
+}
+
 // Start runs the poll loop on its own locked OS thread.
 func (ifp *Interface) Start() {
 	if ifp.running.Swap(true) {
@@ -284,6 +345,7 @@ func (ifp *Interface) Stop() {
 	ifp.waker.Wake()
 	<-ifp.done
 	ifp.txq.Drain()
+	ifp.injq.Drain()
 	ifp.waker.Close()
 	ifp.detachFilters()
 	ifp.detachProtos()
@@ -317,6 +379,7 @@ func (ifp *Interface) Stats() Stats {
 		RxRawDrops: c.rxRawDrops.Load(), RxBounced: c.rxBounced.Load(),
 		TxFilterDrops: c.txFilterDrops.Load(), TxSwallowed: c.txSwallowed.Load(),
 		TxPreOutputErrors: c.txPreOutputErrors.Load(),
+		RxInjected:        c.rxInjected.Load(), TxInjected: c.txInjected.Load(), InjectDrops: c.injectDrops.Load(),
 	}
 }
 
@@ -412,6 +475,13 @@ func (ifp *Interface) poll() bool {
 		}
 		ifp.input(ifp.rx[:n])
 	}
+	if ifp.injq.Len() > 0 {
+		if k := ifp.injq.DequeueBatch(ifp.inj); k > 0 {
+			work = true
+			ifp.input(ifp.inj[:k])
+			clear(ifp.inj[:k])
+		}
+	}
 	if len(ifp.bounce) > 0 {
 		sent, err := ifp.drv.TxBurst(ifp.bounce)
 		// What the ring cannot take now is dropped, as XDP_TX does.
@@ -483,6 +553,7 @@ func (ifp *Interface) input(pkts []*mbuf.Mbuf) {
 		}
 		v.frames[n] = m.Bytes()[:ethHdrLen:ethHdrLen]
 		m.Adj(ethHdrLen)
+		m.SetFrameHeader(-ethHdrLen)
 		v.pkts[n], v.ps[n], v.lens[n] = m, e, m.PktLen()
 		v.ets[n] = 0
 		if k>>56 == demuxKey(nke.DemuxEtherType) {

@@ -25,6 +25,7 @@ type sender struct {
 }
 
 func (s *sender) Name() string          { return Name }
+func (s *sender) ID() uint64            { return 1 }
 func (s *sender) Detach()               {}
 func (s *sender) Done() <-chan struct{} { return nil }
 func (s *sender) Output(m *mbuf.Mbuf, dest []byte) error {
@@ -101,6 +102,7 @@ func TestEchoDoesNotAllocate(t *testing.T) {
 type nopSender struct{ e *Echo }
 
 func (nopSender) Name() string          { return Name }
+func (nopSender) ID() uint64            { return 1 }
 func (nopSender) Detach()               {}
 func (nopSender) Done() <-chan struct{} { return nil }
 func (s nopSender) Output(m *mbuf.Mbuf, dest []byte) error {
