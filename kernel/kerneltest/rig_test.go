@@ -15,8 +15,8 @@ import (
 
 	"github.com/nke-harness/nke/kernel/kerneltest"
 	"github.com/nke-harness/nke/kernel/netstack"
-	"github.com/nke-harness/nke/nke/mbuf"
 	"github.com/nke-harness/nke/nke/frametest"
+	"github.com/nke-harness/nke/nke/mbuf"
 	"github.com/nke-harness/nke/virtio/virtqueue"
 )
 
