@@ -2,17 +2,16 @@ package vmtests
 
 import (
 	"bytes"
-	"encoding/binary"
-	"net"
+	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
-	"github.com/mdlayher/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/nke-harness/nke/nke/frametest"
 	"github.com/nke-harness/nke/tools/hostvm"
 )
 
@@ -53,184 +52,115 @@ func shortTempDir(t *testing.T) string {
 	return dir
 }
 
-type arpFields struct {
-	EthDst, EthSrc string
-	HType, PType   uint16
-	HLen, PLen     uint8
-	Op             header.ARPOp
-	SHA, THA       string
-	SPA, TPA       [4]byte
+// The peer and guest as frametest sees them.
+var (
+	peerHost  = frametest.Host{MAC: peerMAC, IP: netip.AddrFrom4(peerIP)}
+	guestHost = frametest.Host{MAC: guestMAC, IP: netip.AddrFrom4(guestIP)}
+)
+
+// checkSent fills what the guest chooses itself (IP id, TTL and flags,
+// TCP window and options) into want from got, once they are sane, and
+// compares the rest field by field. A bad checksum is reported apart
+// (frametest.Parse said so; got is complete nonetheless).
+func checkSent(t *testing.T, what string, want, got frametest.Frame, err error) {
+	t.Helper()
+	if err != nil {
+		t.Errorf("%s: %v", what, err)
+	}
+	if got.IPv4 != nil && want.IPv4 != nil {
+		if got.IPv4.TTL == 0 {
+			t.Errorf("%s: TTL 0", what)
+		}
+		want.IPv4.ID, want.IPv4.TTL, want.IPv4.Flags = got.IPv4.ID, got.IPv4.TTL, got.IPv4.Flags
+	}
+	if got.TCP != nil && want.TCP != nil {
+		if got.TCP.Window == 0 {
+			t.Errorf("%s: window closed", what)
+		}
+		want.TCP.Window, want.TCP.Options = got.TCP.Window, got.TCP.Options
+	}
+	if diff := frametest.Diff(want, got); diff != "" {
+		t.Errorf("%s (-want +got):\n%s", what, diff)
+	}
 }
 
 func peerARP(t *testing.T, p *framePeer) {
-	req := make([]byte, header.ARPSize)
-	a := header.ARP(req)
-	a.SetIPv4OverEthernet()
-	a.SetOp(header.ARPRequest)
-	copy(a.HardwareAddressSender(), p.mac)
-	copy(a.ProtocolAddressSender(), p.ip[:])
-	copy(a.ProtocolAddressTarget(), guestIP[:])
-	bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-	p.send(ethFrame(bcast, p.mac, ethernet.EtherTypeARP, req))
-	f := p.expect("ARP reply", 30*time.Second, func(f []byte) bool {
-		return len(f) >= 14+header.ARPSize && binary.BigEndian.Uint16(f[12:]) == uint16(ethernet.EtherTypeARP) &&
-			header.ARP(f[14:]).Op() == header.ARPReply
+	p.send(frametest.NewARPRequest(peerHost, guestHost.IP).Bytes())
+	f, err := p.expect("ARP reply", 30*time.Second, func(f frametest.Frame) bool {
+		return f.ARP != nil && f.ARP.Op == header.ARPReply
 	})
-	r := header.ARP(f[14:])
-	got := arpFields{
-		EthDst: net.HardwareAddr(f[0:6]).String(), EthSrc: net.HardwareAddr(f[6:12]).String(),
-		HType: binary.BigEndian.Uint16(r[0:]), PType: binary.BigEndian.Uint16(r[2:]), HLen: r[4], PLen: r[5],
-		Op: r.Op(), SHA: net.HardwareAddr(r.HardwareAddressSender()).String(), THA: net.HardwareAddr(r.HardwareAddressTarget()).String(),
-		SPA: [4]byte(r.ProtocolAddressSender()), TPA: [4]byte(r.ProtocolAddressTarget()),
-	}
-	want := arpFields{
-		EthDst: p.mac.String(), EthSrc: guestMAC.String(), HType: 1, PType: 0x0800, HLen: 6, PLen: 4,
-		Op: header.ARPReply, SHA: guestMAC.String(), THA: p.mac.String(), SPA: guestIP, TPA: p.ip,
-	}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("ARP reply (-want +got):\n%s", diff)
-	}
-}
-
-type icmpFields struct {
-	IP         parsedIPv4
-	Type       header.ICMPv4Type
-	Code       header.ICMPv4Code
-	ChecksumOK bool
-	ID, Seq    uint16
-	Payload    []byte
+	checkSent(t, "ARP reply", frametest.NewARPReply(guestHost, peerHost), f, err)
 }
 
 func peerICMP(t *testing.T, p *framePeer) {
 	payload := []byte("nke harness ping payload 0123456789")
 	for seq := uint16(1); seq <= 3; seq++ {
-		p.send(ethFrame(guestMAC, p.mac, ethernet.EtherTypeIPv4,
-			ipv4Packet(uint8(header.ICMPv4ProtocolNumber), p.ip, guestIP, 100+seq, icmpEcho(header.ICMPv4Echo, 0x4e4b, seq, payload))))
-		f := p.expect("ICMP echo reply", 30*time.Second, func(f []byte) bool {
-			ip, err := parseIPv4(f)
-			return err == nil && ip.Proto == uint8(header.ICMPv4ProtocolNumber)
-		})
-		ip, _ := parseIPv4(f)
-		ic := header.ICMPv4(ip.Payload)
-		got := icmpFields{IP: ip, Type: ic.Type(), Code: ic.Code(), ChecksumOK: ^checksumOf(ip.Payload) == 0,
-			ID: ic.Ident(), Seq: ic.Sequence(), Payload: ic.Payload()}
-		got.IP.Payload = nil
-		want := icmpFields{
-			IP:   parsedIPv4{EthDst: p.mac.String(), EthSrc: guestMAC.String(), Src: guestIP, Dst: p.ip, Proto: 1, TTLPositive: true, HeaderOK: true},
-			Type: header.ICMPv4EchoReply, Code: 0, ChecksumOK: true, ID: 0x4e4b, Seq: seq, Payload: payload,
-		}
-		if diff := cmp.Diff(want, got); diff != "" {
-			t.Errorf("ICMP echo reply %d (-want +got):\n%s", seq, diff)
-		}
+		req := frametest.NewEchoRequest(peerHost, guestHost, 0x4e4b, seq, payload)
+		req.IPv4.ID = 100 + seq
+		p.send(req.Bytes())
+		f, err := p.expect("ICMP echo reply", 30*time.Second, func(f frametest.Frame) bool { return f.ICMP != nil })
+		checkSent(t, fmt.Sprintf("ICMP echo reply %d", seq), frametest.NewEchoReply(guestHost, peerHost, 0x4e4b, seq, payload), f, err)
 	}
-}
-
-type udpFields struct {
-	IP           parsedIPv4
-	SPort, DPort uint16
-	Length       uint16
-	ChecksumOK   bool
-	Payload      []byte
 }
 
 func peerUDP(t *testing.T, p *framePeer) {
 	for i, payload := range [][]byte{[]byte("hello over udp"), bytes.Repeat([]byte{0xa5}, 1400)} {
 		sport := uint16(40000 + i)
-		p.send(ethFrame(guestMAC, p.mac, ethernet.EtherTypeIPv4,
-			ipv4Packet(uint8(header.UDPProtocolNumber), p.ip, guestIP, 200, udpSegment(p.ip, guestIP, sport, 7, payload))))
-		f := p.expect("UDP echo", 30*time.Second, func(f []byte) bool {
-			ip, err := parseIPv4(f)
-			return err == nil && ip.Proto == uint8(header.UDPProtocolNumber) && header.UDP(ip.Payload).DestinationPort() == sport
-		})
-		ip, _ := parseIPv4(f)
-		u := header.UDP(ip.Payload)
-		got := udpFields{IP: ip, SPort: u.SourcePort(), DPort: u.DestinationPort(), Length: u.Length(),
-			ChecksumOK: u.Checksum() != 0 && transportChecksum(header.UDPProtocolNumber, ip.Src, ip.Dst, ip.Payload) == 0,
-			Payload:    u.Payload()}
-		got.IP.Payload = nil
-		want := udpFields{
-			IP:    parsedIPv4{EthDst: p.mac.String(), EthSrc: guestMAC.String(), Src: guestIP, Dst: p.ip, Proto: 17, TTLPositive: true, HeaderOK: true},
-			SPort: 7, DPort: sport, Length: uint16(8 + len(payload)), ChecksumOK: true, Payload: payload,
-		}
-		if diff := cmp.Diff(want, got); diff != "" {
-			t.Errorf("UDP echo %d (-want +got):\n%s", i, diff)
-		}
+		req := frametest.NewUDP(peerHost, guestHost, sport, 7, payload)
+		req.IPv4.ID = 200
+		p.send(req.Bytes())
+		f, err := p.expect("UDP echo", 30*time.Second, func(f frametest.Frame) bool { return f.UDP != nil && f.UDP.DstPort == sport })
+		checkSent(t, fmt.Sprintf("UDP echo %d", i), frametest.NewUDP(guestHost, peerHost, 7, sport, payload), f, err)
 	}
 }
 
-type tcpSeg struct {
-	IP           parsedIPv4
-	SPort, DPort uint16
-	Seq, Ack     uint32
-	Flags        header.TCPFlags
-	WindowOpen   bool
-	ChecksumOK   bool
-	Payload      []byte
-}
-
-func (p *framePeer) expectTCP(t *testing.T, what string, sport uint16, match func(tcpSeg) bool) tcpSeg {
+func (p *framePeer) expectTCP(t *testing.T, what string, sport uint16, match func(*frametest.TCP, []byte) bool) (frametest.Frame, error) {
 	t.Helper()
-	f := p.expect(what, 30*time.Second, func(f []byte) bool {
-		ip, err := parseIPv4(f)
-		if err != nil || ip.Proto != uint8(header.TCPProtocolNumber) || header.TCP(ip.Payload).DestinationPort() != sport {
-			return false
-		}
-		return match(decodeTCP(ip))
+	return p.expect(what, 30*time.Second, func(f frametest.Frame) bool {
+		return f.TCP != nil && f.TCP.DstPort == sport && match(f.TCP, f.Payload)
 	})
-	ip, _ := parseIPv4(f)
-	return decodeTCP(ip)
-}
-
-func decodeTCP(ip parsedIPv4) tcpSeg {
-	tc := header.TCP(ip.Payload)
-	s := tcpSeg{IP: ip, SPort: tc.SourcePort(), DPort: tc.DestinationPort(), Seq: tc.SequenceNumber(), Ack: tc.AckNumber(),
-		Flags: tc.Flags(), WindowOpen: tc.WindowSize() > 0,
-		ChecksumOK: transportChecksum(header.TCPProtocolNumber, ip.Src, ip.Dst, ip.Payload) == 0}
-	if len(tc.Payload()) > 0 {
-		s.Payload = append([]byte(nil), tc.Payload()...)
-	}
-	s.IP.Payload = nil
-	return s
 }
 
 func peerTCP(t *testing.T, p *framePeer) {
 	const sport = 40100
 	iss := uint32(0x1000_0000)
 	send := func(seq, ack uint32, flags header.TCPFlags, opts, payload []byte) {
-		p.send(ethFrame(guestMAC, p.mac, ethernet.EtherTypeIPv4,
-			ipv4Packet(uint8(header.TCPProtocolNumber), p.ip, guestIP, 300,
-				tcpSegment(p.ip, guestIP, header.TCPFields{SrcPort: sport, DstPort: 7, SeqNum: seq, AckNum: ack,
-					Flags: flags, WindowSize: 65535}, opts, payload))))
+		f := frametest.NewTCP(peerHost, guestHost, frametest.TCP{SrcPort: sport, DstPort: 7, Seq: seq, Ack: ack,
+			Flags: flags, Window: 65535, Options: opts}, payload)
+		f.IPv4.ID = 300
+		p.send(f.Bytes())
 	}
-	ipWant := parsedIPv4{EthDst: p.mac.String(), EthSrc: guestMAC.String(), Src: guestIP, Dst: p.ip, Proto: 6, TTLPositive: true, HeaderOK: true}
+	reply := func(seq, ack uint32, flags header.TCPFlags, payload []byte) frametest.Frame {
+		return frametest.NewTCP(guestHost, peerHost, frametest.TCP{SrcPort: 7, DstPort: sport, Seq: seq, Ack: ack, Flags: flags}, payload)
+	}
 
 	// Handshake, with an MSS option.
 	send(iss, 0, header.TCPFlagSyn, []byte{2, 4, 0x05, 0xb4}, nil)
-	synack := p.expectTCP(t, "SYN-ACK", sport, func(s tcpSeg) bool { return s.Flags == header.TCPFlagSyn|header.TCPFlagAck })
-	if diff := cmp.Diff(tcpSeg{IP: ipWant, SPort: 7, DPort: sport, Seq: synack.Seq, Ack: iss + 1,
-		Flags: header.TCPFlagSyn | header.TCPFlagAck, WindowOpen: true, ChecksumOK: true}, synack); diff != "" {
-		t.Fatalf("SYN-ACK (-want +got):\n%s", diff)
+	synack, err := p.expectTCP(t, "SYN-ACK", sport, func(s *frametest.TCP, _ []byte) bool { return s.Flags == header.TCPFlagSyn|header.TCPFlagAck })
+	checkSent(t, "SYN-ACK", reply(synack.TCP.Seq, iss+1, header.TCPFlagSyn|header.TCPFlagAck, nil), synack, err)
+	if t.Failed() {
+		t.FailNow()
 	}
-	guestSeq := synack.Seq + 1
+	guestSeq := synack.TCP.Seq + 1
 	send(iss+1, guestSeq, header.TCPFlagAck, nil, nil)
 
 	// Data: the echo service returns it.
 	msg := []byte("hello, nke: a tcp exchange")
 	send(iss+1, guestSeq, header.TCPFlagAck|header.TCPFlagPsh, nil, msg)
-	echo := p.expectTCP(t, "echoed data", sport, func(s tcpSeg) bool { return len(s.Payload) > 0 })
-	if diff := cmp.Diff(tcpSeg{IP: ipWant, SPort: 7, DPort: sport, Seq: guestSeq, Ack: iss + 1 + uint32(len(msg)),
-		Flags: echo.Flags, WindowOpen: true, ChecksumOK: true, Payload: msg}, echo); diff != "" || echo.Flags&header.TCPFlagAck == 0 {
-		t.Fatalf("echoed segment (-want +got):\n%s (flags %v)", diff, echo.Flags)
+	echo, err := p.expectTCP(t, "echoed data", sport, func(_ *frametest.TCP, payload []byte) bool { return len(payload) > 0 })
+	if echo.TCP.Flags&header.TCPFlagAck == 0 {
+		t.Errorf("echoed segment without ACK: flags %v", echo.TCP.Flags)
+	}
+	checkSent(t, "echoed segment", reply(guestSeq, iss+1+uint32(len(msg)), echo.TCP.Flags, msg), echo, err)
+	if t.Failed() {
+		t.FailNow()
 	}
 	guestSeq += uint32(len(msg))
 	send(iss+1+uint32(len(msg)), guestSeq, header.TCPFlagAck, nil, nil)
 
 	// Close: our FIN; the echo service sees EOF and closes too.
 	send(iss+1+uint32(len(msg)), guestSeq, header.TCPFlagAck|header.TCPFlagFin, nil, nil)
-	fin := p.expectTCP(t, "guest FIN", sport, func(s tcpSeg) bool { return s.Flags&header.TCPFlagFin != 0 })
-	if diff := cmp.Diff(tcpSeg{IP: ipWant, SPort: 7, DPort: sport, Seq: guestSeq, Ack: iss + 2 + uint32(len(msg)),
-		Flags: header.TCPFlagAck | header.TCPFlagFin, WindowOpen: true, ChecksumOK: true}, fin); diff != "" {
-		t.Fatalf("guest FIN (-want +got):\n%s", diff)
-	}
+	fin, err := p.expectTCP(t, "guest FIN", sport, func(s *frametest.TCP, _ []byte) bool { return s.Flags&header.TCPFlagFin != 0 })
+	checkSent(t, "guest FIN", reply(guestSeq, iss+2+uint32(len(msg)), header.TCPFlagAck|header.TCPFlagFin, nil), fin, err)
 	send(iss+2+uint32(len(msg)), guestSeq+1, header.TCPFlagAck, nil, nil)
 }

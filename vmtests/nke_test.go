@@ -2,14 +2,13 @@ package vmtests
 
 import (
 	"bytes"
-	"encoding/binary"
-	"net"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/mdlayher/ethernet"
 
+	"github.com/nke-harness/nke/nke/frametest"
 	"github.com/nke-harness/nke/tools/hostvm"
 )
 
@@ -30,17 +29,17 @@ func TestProtocolNKE(t *testing.T) {
 	}
 	g := startGuest(t, "protocol-nke", args, "nke.load=etherecho,ethlog")
 	const echoType ethernet.EtherType = 0x88b5
-	isEcho := func(f []byte) bool { return len(f) >= 15 && binary.BigEndian.Uint16(f[12:]) == uint16(echoType) }
+	isEcho := func(f frametest.Frame) bool { return f.EtherType == echoType }
 
 	for i, size := range []int{1, 45, 500, 1499} {
 		body := randomBytes(size)
 		body[0] = 0x01 // request
-		p.send(ethFrame(guestMAC, p.mac, echoType, body))
-		f := p.expect("echo reply", 30*time.Second, isEcho)
-		if !bytes.Equal(f[0:6], p.mac) || !bytes.Equal(f[6:12], guestMAC) {
-			t.Fatalf("reply %d addressed %v from %v, want to %v from %v", i, net.HardwareAddr(f[0:6]), net.HardwareAddr(f[6:12]), p.mac, guestMAC)
+		p.send(frametest.NewEthernet(guestMAC, p.mac, echoType, body).Bytes())
+		f, _ := p.expect("echo reply", 30*time.Second, isEcho)
+		if !bytes.Equal(f.Dst, p.mac) || !bytes.Equal(f.Src, guestMAC) {
+			t.Fatalf("reply %d addressed %v from %v, want to %v from %v", i, f.Dst, f.Src, p.mac, guestMAC)
 		}
-		got := f[14:]
+		got := f.Payload
 		if len(got) < size {
 			t.Fatalf("reply %d: %d bytes, want %d", i, len(got), size)
 		}
@@ -51,19 +50,19 @@ func TestProtocolNKE(t *testing.T) {
 	}
 	// A reply and an unknown message type are not answered; nor is a
 	// frame for an EtherType nobody claims, which is counted.
-	p.send(ethFrame(guestMAC, p.mac, echoType, append([]byte{0x02}, make([]byte, 50)...)))
-	p.send(ethFrame(guestMAC, p.mac, echoType, append([]byte{0x7f}, make([]byte, 50)...)))
-	p.send(ethFrame(guestMAC, p.mac, 0x88b6, make([]byte, 50)))
+	p.send(frametest.NewEthernet(guestMAC, p.mac, echoType, append([]byte{0x02}, make([]byte, 50)...)).Bytes())
+	p.send(frametest.NewEthernet(guestMAC, p.mac, echoType, append([]byte{0x7f}, make([]byte, 50)...)).Bytes())
+	p.send(frametest.NewEthernet(guestMAC, p.mac, 0x88b6, make([]byte, 50)).Bytes())
 	select {
-	case f := <-p.frames:
-		if isEcho(f) {
-			t.Fatalf("the guest answered a reply or an unknown type: % x", f[:20])
+	case b := <-p.frames:
+		if f, err := frametest.Parse(b); err == nil && isEcho(f) {
+			t.Fatalf("the guest answered a reply or an unknown type: % x", b[:20])
 		}
 	case <-time.After(2 * time.Second):
 	}
 	g.command("stats")
 	out := g.expectLine("JSON: /stats", 30*time.Second)
-	for _, want := range []string{"unclaimed  ethertype 0x88b6: 1 frames","NKEs started: etherecho (com.example.etherecho), ethlog (com.example.ethlog)",
+	for _, want := range []string{"unclaimed  ethertype 0x88b6: 1 frames", "NKEs started: etherecho (com.example.etherecho), ethlog (com.example.ethlog)",
 		"protocol   com.example.etherecho (ethertype 0x88b5)", "interface  com.example.ethlog"} {
 		if !bytes.Contains([]byte(out), []byte(want)) {
 			t.Errorf("status lacks %q:\n%s", want, out)

@@ -10,129 +10,33 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/buffer"
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
-	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
-	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
-	"github.com/nke-harness/nke/kernel/ifnet"
-	"github.com/nke-harness/nke/kernel/netstack"
+	"github.com/nke-harness/nke/kernel/kerneltest"
 	"github.com/nke-harness/nke/kernel/services"
-	"github.com/nke-harness/nke/nke/dma"
-	"github.com/nke-harness/nke/virtio/devmodel"
 	"github.com/nke-harness/nke/virtio/virtionet"
 )
 
-// peer is a second gVisor stack on the far side of the device model: the
-// whole guest path (driver, interface, stack, services) is exercised in one
-// process, under -race.
-type peer struct {
-	s  *stack.Stack
-	ch *channel.Endpoint
-}
-
-var (
-	guestIP = netip.MustParseAddr("10.0.2.15")
-	peerIP  = tcpip.AddrFrom4([4]byte{10, 0, 2, 2})
-)
-
-func newGuestAndPeer(t *testing.T) (*peer, *virtionet.Device) {
+// newGuestAndPeer is the guest (driver, interface, stack, services) on the
+// kerneltest rig with a second gVisor stack on the far side of the device
+// model: the whole guest path is exercised in one process, under -race.
+func newGuestAndPeer(t *testing.T) (*kerneltest.PeerStack, *virtionet.Device) {
 	t.Helper()
-	heap := dma.NewHeap(32 << 20)
-	toPeer := make(chan []byte, 1024)
-	dev := devmodel.New(heap, devmodel.Options{Tx: func(f []byte) { toPeer <- append([]byte(nil), f...) }})
-	drv, err := virtionet.Open(dev, heap, virtionet.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ifp, err := ifnet.New(drv, ifnet.Config{Index: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs, err := netstack.New(ifp, netstack.Config{Addr: netip.MustParsePrefix("10.0.2.15/24"), Gateway: netip.MustParseAddr("10.0.2.2")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ifp.Start()
-	sv, err := services.Start(gs, services.Config{Status: func() any {
+	r := kerneltest.New(t, kerneltest.WithStack())
+	drv := r.Drv
+	p := r.NewPeer()
+	sv, err := services.Start(r.Stack, services.Config{Status: func() any {
 		return map[string]any{"driver": drv.Stats(), "features": virtionet.FeatureList(drv.Features())}
 	}, Text: func(w io.Writer, st any) { fmt.Fprintf(w, "NKE harness status\n%v\n", st) }})
 	if err != nil {
 		t.Fatal(err)
 	}
-
-	p := &peer{ch: channel.New(1024, 1500, tcpip.LinkAddress("\x02\x00\x00\x00\x00\x02"))}
-	p.s = stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
-	})
-	if err := p.s.CreateNIC(1, ethernet.New(p.ch)); err != nil {
-		t.Fatal(err)
-	}
-	p.s.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber,
-		AddressWithPrefix: tcpip.AddressWithPrefix{Address: peerIP, PrefixLen: 24}}, stack.AddressProperties{})
-	p.s.SetRouteTable([]tcpip.Route{{Destination: tcpip.AddressWithPrefix{Address: peerIP, PrefixLen: 24}.Subnet(), NIC: 1}})
-
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 2)
-	go func() { // peer -> guest
-		defer func() { done <- struct{}{} }()
-		for {
-			pkt := p.ch.ReadContext(ctx)
-			if pkt == nil {
-				return
-			}
-			var b bytes.Buffer
-			for _, s := range pkt.AsSlices() {
-				b.Write(s)
-			}
-			pkt.DecRef()
-			for dev.Deliver(b.Bytes()) == devmodel.ErrBacklog {
-				time.Sleep(100 * time.Microsecond)
-			}
-		}
-	}()
-	go func() { // guest -> peer
-		defer func() { done <- struct{}{} }()
-		for {
-			select {
-			case f := <-toPeer:
-				pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(f)})
-				p.ch.InjectInbound(0, pkt)
-				pkt.DecRef()
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		sv.Close()
-		ifp.Stop()
-		cancel()
-		<-done
-		<-done
-		p.s.Close()
-		gs.Close()
-		if err := dev.Err(); err != nil {
-			t.Errorf("device saw a driver error: %v", err)
-		}
-	})
+	t.Cleanup(func() { sv.Close() })
 	return p, drv
-}
-
-func (p *peer) dial(ctx context.Context, port uint16) (net.Conn, error) {
-	return gonet.DialContextTCP(ctx, p.s, tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4(guestIP.As4()), Port: port}, ipv4.ProtocolNumber)
 }
 
 func TestStatusPageAndEcho(t *testing.T) {
@@ -140,7 +44,7 @@ func TestStatusPageAndEcho(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return p.dial(ctx, 80)
+		return p.Dial(ctx, 80)
 	}}}
 
 	resp, err := client.Get("http://10.0.2.15/stats")
@@ -172,7 +76,7 @@ func TestStatusPageAndEcho(t *testing.T) {
 	}
 
 	// TCP echo: 2 MiB of random data comes back byte for byte.
-	c, err := p.dial(ctx, 7)
+	c, err := p.Dial(ctx, 7)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +94,7 @@ func TestStatusPageAndEcho(t *testing.T) {
 	}
 
 	// UDP echo.
-	uc, err := gonet.DialUDP(p.s, nil, &tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4(guestIP.As4()), Port: 7}, ipv4.ProtocolNumber)
+	uc, err := p.DialUDP(7)
 	if err != nil {
 		t.Fatal(err)
 	}

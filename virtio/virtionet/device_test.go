@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/nke-harness/nke/nke/dma"
+	"github.com/nke-harness/nke/nke/frametest"
 	"github.com/nke-harness/nke/nke/mbuf"
 	"github.com/nke-harness/nke/virtio"
 	"github.com/nke-harness/nke/virtio/devmodel"
@@ -50,6 +51,11 @@ func flagUnset(name string) bool {
 	return f == nil || f.Value.String() == ""
 }
 
+// newRig is the driver over the device model and nothing above it. The
+// driver's tests keep this low-level setup rather than kernel/kerneltest's
+// rig, which puts an interface (and its poll loop) on the driver: these
+// tests call RxBurst, TxBurst, Reclaim and Recover themselves and look at
+// exactly what each call did to the rings.
 func newRig(t testing.TB, mo devmodel.Options, vo virtionet.Options) *rig {
 	t.Helper()
 	r := &rig{t: t, heap: dma.NewHeap(32 << 20), pkts: make([]*mbuf.Mbuf, 64)}
@@ -84,17 +90,24 @@ func newRig(t testing.TB, mo devmodel.Options, vo virtionet.Options) *rig {
 	return r
 }
 
-// frame builds a recognisable Ethernet frame of n bytes addressed to dst.
+// frame builds a recognisable Ethernet frame of exactly n bytes (runts
+// included: frametest's padding to 60 is cut) addressed to dst, with a
+// local experimental EtherType and a payload that depends on seq.
 func frame(dst []byte, seq, n int) []byte {
-	f := make([]byte, n)
-	copy(f, dst)
-	copy(f[6:], []byte{0x02, 0, 0, 0, 0, 0x99})
-	f[12], f[13] = 0x88, 0xb5 // local experimental EtherType
-	for i := 14; i < n; i++ {
-		f[i] = byte(seq + i)
-	}
-	return f
+	return patterned(frametest.NewEthernet(dst, peerMAC, 0x88b5, nil), seq, n)
 }
+
+// patterned fills f's payload so that the frame is n bytes long.
+func patterned(f frametest.Frame, seq, n int) []byte {
+	hdr := len(f.Bytes()) - max(46, len(f.Payload)) // header bytes, tag included
+	f.Payload = make([]byte, max(0, n-hdr))
+	for i := range f.Payload {
+		f.Payload[i] = byte(seq + hdr + i)
+	}
+	return f.Bytes()[:n]
+}
+
+var peerMAC = []byte{0x02, 0, 0, 0, 0, 0x99}
 
 var mac = []byte{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
 

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/nke-harness/nke/nke/dma"
+	"github.com/nke-harness/nke/nke/frametest"
 	"github.com/nke-harness/nke/nke/mbuf"
 	"github.com/nke-harness/nke/virtio"
 	"github.com/nke-harness/nke/virtio/devmodel"
@@ -125,8 +126,7 @@ func TestTxFrameSizeLimits(t *testing.T) {
 		}
 	}
 	untagged := frame([]byte{2, 0, 0, 0, 0, 1}, 1, 1518)
-	tagged := frame([]byte{2, 0, 0, 0, 0, 1}, 1, 1518)
-	tagged[12], tagged[13] = 0x81, 0x00
+	tagged := patterned(frametest.NewEthernet([]byte{2, 0, 0, 0, 0, 1}, peerMAC, 0x88b5, nil).Tagged(5, 0), 1, 1518)
 	send(untagged)
 	send(tagged)
 	send(untagged[:1514])
