@@ -66,10 +66,19 @@ func (d DemuxDesc) String() string {
 // ProtocolPreOutput, both required, and may implement the others.
 type (
 	// ProtocolInput gets each frame demux gave this protocol, after the
-	// interface filters, and owns it: m's data starts after the Ethernet
-	// header (m.FrameHeader() is the header).
+	// interface filters, and owns it (Apple's proto_media_input): m's
+	// data starts after the 14-byte Ethernet header, which is frame
+	// (valid during the call only). It runs on the poll loop and must
+	// not block.
 	ProtocolInput interface {
-		ProtoInput(ifp Interface, m *mbuf.Mbuf)
+		ProtoInput(ifp Interface, m *mbuf.Mbuf, frame []byte)
+	}
+	// ProtocolInputBurst is the burst form of ProtocolInput: a run of
+	// consecutive frames of the same burst that demux gave this
+	// protocol, in one call (Apple's proto_media_input_v2 takes packet
+	// lists). A protocol implementing it is called this way only.
+	ProtocolInputBurst interface {
+		ProtoInputBurst(ifp Interface, pkts []*mbuf.Mbuf, frames [][]byte)
 	}
 	// ProtocolPreOutput prepares a packet the protocol sends with
 	// Interface output: it resolves dest (the protocol's own address, such
@@ -87,6 +96,12 @@ type (
 	ProtocolIoctl interface {
 		ProtoIoctl(ifp Interface, cmd uint32, arg []byte) error
 	}
+	// ProtocolSendARP sends an ARP packet on the protocol's behalf
+	// (proto_media_send_arp): op is 1 (request) or 2 (reply); a zero
+	// targetHW in a request means broadcast.
+	ProtocolSendARP interface {
+		ProtoSendARP(ifp Interface, op uint16, senderHW [6]byte, senderIP []byte, targetHW [6]byte, targetIP []byte) error
+	}
 	// ProtocolResolveMulticast maps a protocol multicast address to a
 	// link-layer one (proto_media_resolve_multi).
 	ProtocolResolveMulticast interface {
@@ -101,7 +116,8 @@ type ProtocolSpec struct {
 	// Demux lists the frames that belong to it; at least one, none
 	// claimed by another protocol of the interface.
 	Demux []DemuxDesc
-	// Protocol implements ProtocolInput and ProtocolPreOutput.
+	// Protocol implements ProtocolInput (or ProtocolInputBurst) and
+	// ProtocolPreOutput.
 	Protocol any
 	// Detached, if set, is the protocol's last call.
 	Detached func()
@@ -124,9 +140,24 @@ func (s ProtocolSpec) Check() error {
 		}
 	}
 	_, in := s.Protocol.(ProtocolInput)
+	if _, burst := s.Protocol.(ProtocolInputBurst); burst {
+		in = true
+	}
 	_, out := s.Protocol.(ProtocolPreOutput)
 	if !in || !out {
 		return fmt.Errorf("nke: protocol %s (%T): %w", s.Name, s.Protocol, ErrProtocolCallbacks)
 	}
 	return nil
+}
+
+// ProtocolAttachment is a protocol attached to an interface (Apple's
+// ifnet_attach_protocol result; ifnet_detach_protocol is Detach).
+type ProtocolAttachment interface {
+	Attachment
+	// Output sends m, whose data starts at the protocol's own header,
+	// to dest (an address of the protocol, as ifnet_output's dest): the
+	// protocol's pre-output names the frame type and link destination,
+	// the interface's framer adds the Ethernet header, the interface
+	// filters' output sees the frame, then the driver. m is consumed.
+	Output(m *mbuf.Mbuf, dest []byte) error
 }

@@ -20,6 +20,8 @@ import (
 	"github.com/nke-harness/nke/kernel/initproc"
 	"github.com/nke-harness/nke/kernel/netstack"
 	"github.com/nke-harness/nke/kernel/services"
+	"github.com/nke-harness/nke/nke"
+	"github.com/nke-harness/nke/nke/builtin"
 	"github.com/nke-harness/nke/virtio"
 	"github.com/nke-harness/nke/virtio/virtionet"
 	"github.com/nke-harness/nke/virtio/virtiopci"
@@ -45,6 +47,15 @@ type Settings struct {
 	// DeepSleep is the poll loop's longest idle sleep (nke.deep_sleep_us,
 	// default 4000): receive latency after a quiet spell vs. host CPU.
 	DeepSleep time.Duration
+	// Load are the built-in NKEs to start, in order (nke.load=ethlog,
+	// etherecho); each gets its own setting (nke.ethlog=print) as args.
+	Load []LoadNKE
+}
+
+// LoadNKE is a built-in NKE to start at boot with its arguments.
+type LoadNKE struct {
+	Module nke.Module
+	Args   string
 }
 
 // ReadSettings parses the settings through lookup (initproc.Setting in the
@@ -106,6 +117,16 @@ func ReadSettings(lookup func(string) (string, bool)) (Settings, error) {
 	if v, ok := lookup("nke.pci"); ok {
 		s.PCI = v
 	}
+	if v, ok := lookup("nke.load"); ok {
+		ms, err := builtin.ParseList(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("nke.load: %w", err))
+		}
+		for _, m := range ms {
+			args, _ := lookup("nke." + m.Name)
+			s.Load = append(s.Load, LoadNKE{Module: m, Args: args})
+		}
+	}
 	return s, errors.Join(errs...)
 }
 
@@ -156,6 +177,8 @@ type Guest struct {
 	ifp *ifnet.Interface
 	st  *netstack.Stack
 	svc *services.Services
+	// nkes are the started NKEs, in start order.
+	nkes []startedNKE
 }
 
 // Main runs the harness as PID 1 and never returns.
@@ -236,6 +259,9 @@ func Boot(logf func(string, ...any)) (*Guest, error) {
 	if g.st, err = netstack.New(g.ifp, netstack.Config{Addr: set.Addr, Gateway: set.Gateway}); err != nil {
 		return nil, err
 	}
+	if err := g.startNKEs(logf); err != nil {
+		return nil, err
+	}
 	g.ifp.Start()
 	if !waitLink(g.ifp, 5*time.Second) {
 		logf("link down: continuing, traffic flows once it comes up")
@@ -294,6 +320,7 @@ func (g *Guest) Shutdown() {
 	if g.svc != nil {
 		g.svc.Close()
 	}
+	g.stopNKEs()
 	if g.st != nil {
 		g.st.Shutdown()
 	}

@@ -39,6 +39,7 @@ func TestReadSettings(t *testing.T) {
 		{"bad number", map[string]string{"nke.rxq": "-1"}, Settings{}, "nke.rxq"},
 		{"huge number", map[string]string{"nke.hugepages": "99999"}, Settings{}, "nke.hugepages"},
 		{"unknown feature", map[string]string{"nke.refuse": "WARP_DRIVE"}, Settings{}, "WARP_DRIVE"},
+		{"unknown NKE", map[string]string{"nke.load": "ethlog,warp"}, Settings{}, `nke.load: no built-in NKE "warp"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -57,6 +58,20 @@ func TestReadSettings(t *testing.T) {
 				t.Fatalf("(-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestReadSettingsLoad(t *testing.T) {
+	got, err := ReadSettings(lookup(map[string]string{"nke.load": "etherecho,ethlog", "nke.ethlog": "print"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range got.Load {
+		names = append(names, l.Module.Name+"="+l.Args)
+	}
+	if diff := cmp.Diff([]string{"etherecho=", "ethlog=print"}, names); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
 	}
 }
 

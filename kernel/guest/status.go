@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nke-harness/nke/kernel/hook"
 	"github.com/nke-harness/nke/kernel/ifnet"
 	"github.com/nke-harness/nke/kernel/initproc"
 	"github.com/nke-harness/nke/kernel/netstack"
@@ -25,6 +26,24 @@ type Status struct {
 	TCP         netstack.TCPStats  `json:"tcp"`
 	Pool        PoolStatus         `json:"pool"`
 	CPU         CPUStatus          `json:"cpu"`
+	NKE         NKEStatus          `json:"nke"`
+}
+
+// NKEStatus is every hook of the data path with what is attached to it
+// and its counters, and the NKEs started at boot.
+type NKEStatus struct {
+	Started   []StartedNKE         `json:"started"`
+	RawHooks  []ifnet.FilterStatus `json:"raw_hooks"`
+	Filters   []ifnet.FilterStatus `json:"interface_filters"`
+	Protocols []ifnet.ProtoStatus  `json:"protocols"`
+	Unclaimed []ifnet.Unclaimed    `json:"unclaimed"`
+}
+
+// StartedNKE is an NKE the guest started.
+type StartedNKE struct {
+	Name string `json:"name"`
+	ID   string `json:"id"`
+	Args string `json:"args,omitempty"`
 }
 
 // CPUStatus is where the guest's CPU time went since boot: the harness
@@ -112,7 +131,16 @@ func (g *Guest) Status() Status {
 		Pool: PoolStatus{Buffers: g.drv.Pool().Cap(), Free: g.drv.Pool().Avail(),
 			RxBuffers: g.drv.RxPool().Cap(), RxFree: g.drv.RxPool().Avail(), RxBufSize: g.drv.RxPool().BufSize()},
 		CPU: readCPU(),
+		NKE: g.nkeStatus(),
 	}
+}
+
+func (g *Guest) nkeStatus() NKEStatus {
+	s := NKEStatus{RawHooks: g.ifp.RawHooks(), Filters: g.ifp.Filters(), Protocols: g.ifp.Protocols(), Unclaimed: g.ifp.Unclaimed()}
+	for _, n := range g.nkes {
+		s.Started = append(s.Started, StartedNKE{Name: n.mod.Name, ID: n.mod.ID, Args: n.args})
+	}
+	return s
 }
 
 func declined(ds []virtionet.Decline) []string {
@@ -161,5 +189,35 @@ func writeText(w io.Writer, v any) {
 		s.Pool.Free, s.Pool.Buffers, s.Pool.RxFree, s.Pool.RxBuffers, s.Pool.RxBufSize)
 	fmt.Fprintf(w, "cpu        harness %.2fs user %.2fs system; guest %.2fs busy %.2fs idle\n",
 		s.CPU.ProcessUser, s.CPU.ProcessSystem, s.CPU.GuestBusy, s.CPU.GuestIdle)
+	writeNKEs(w, s.NKE)
 	fmt.Fprintf(w, "\nJSON: /stats\n")
+}
+
+func writeNKEs(w io.Writer, s NKEStatus) {
+	fmt.Fprintf(w, "\nNKEs started: ")
+	if len(s.Started) == 0 {
+		fmt.Fprintf(w, "none")
+	}
+	for i, n := range s.Started {
+		if i > 0 {
+			fmt.Fprintf(w, ", ")
+		}
+		fmt.Fprintf(w, "%s (%s)", n.Name, n.ID)
+	}
+	fmt.Fprintf(w, "\n%-10s %-28s %10s %12s %9s %9s %9s %7s %8s\n", "hook", "name", "packets", "bytes", "continue", "swallow", "drop", "faults", "ns/pkt")
+	row := func(hook, name string, c hook.Counters) {
+		fmt.Fprintf(w, "%-10s %-28s %10d %12d %9d %9d %9d %7d %8.1f\n", hook, name, c.Packets, c.Bytes, c.Continue, c.Swallow, c.Drop, c.Faults, c.NsPerPacket)
+	}
+	for _, f := range s.RawHooks {
+		row("raw", f.Name, f.Counters)
+	}
+	for _, f := range s.Filters {
+		row("interface", f.Name, f.Counters)
+	}
+	for _, p := range s.Protocols {
+		row("protocol", p.Name+" ("+strings.Join(p.Demux, ",")+")", p.Counters)
+	}
+	for _, u := range s.Unclaimed {
+		fmt.Fprintf(w, "unclaimed  %s %#x: %d frames\n", u.Kind, u.Value, u.Count)
+	}
 }

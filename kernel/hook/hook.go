@@ -300,6 +300,23 @@ func (e *Entry[F]) Fault(v any) {
 	}
 }
 
+// Attached reports whether e is still attached (it may still be in a
+// snapshot a reader holds).
+func (e *Entry[F]) Attached() bool { return !e.unlinked.Load() }
+
+// Index is e's position in the snapshot, or -1 if it is not in it.
+func (s *Snapshot[F]) Index(e *Entry[F]) int {
+	for i, x := range s.Entries {
+		if x == e {
+			return i
+		}
+	}
+	return -1
+}
+
+// Entry is the handle's entry.
+func (h *Handle[F]) Entry() *Entry[F] { return h.e }
+
 // HandleOf returns the handle of an attached entry, for the owner of the
 // hook (detaching everything when the interface goes away).
 func (c *Chain[F]) HandleOf(e *Entry[F]) *Handle[F] { return &Handle[F]{e: e} }

@@ -1,6 +1,7 @@
 package ifnet
 
 import (
+	"fmt"
 	"sync/atomic"
 
 	"github.com/nke-harness/nke/nke"
@@ -17,6 +18,19 @@ func keyOf(d nke.DemuxDesc) demuxKey {
 		k = k<<8 | demuxKey(b)
 	}
 	return demuxKey(d.Kind)<<56 | k
+}
+
+func (k demuxKey) String() string {
+	v := uint64(k) & (1<<56 - 1)
+	switch nke.DemuxKind(k >> 56) {
+	case nke.DemuxEtherType:
+		return fmt.Sprintf("ethertype %#04x", v)
+	case nke.DemuxSAP:
+		return fmt.Sprintf("sap %06x", v)
+	case nke.DemuxSNAP:
+		return fmt.Sprintf("snap %010x", v)
+	}
+	return fmt.Sprintf("key %#x", uint64(k))
 }
 
 // classify finds a frame's demux key, as xnu's ether_demux does: a type

@@ -37,9 +37,7 @@ func newStub(tb testing.TB) (*Interface, *mbuf.Pool) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	for _, et := range []uint16{EtherTypeARP, EtherTypeIPv6, EtherTypeIPv4} {
-		ifp.AttachProtocol(et, func(m *mbuf.Mbuf) { m.Free() })
-	}
+	AttachFuncs(tb, ifp, freeIt, EtherTypeARP, EtherTypeIPv6, EtherTypeIPv4)
 	return ifp, pool
 }
 

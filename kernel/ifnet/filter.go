@@ -79,7 +79,7 @@ type filterVec struct {
 	lens     []int // each packet's length as the filters got it
 	bytes    int   // their sum over the vector
 	ets      []uint16
-	hs       []Handler
+	ps       []*hook.Entry[*ifProto]
 	frames   [][]byte
 	frameBuf [][ethHdrLen]byte
 	sel      []int // indices a protocol-selective filter sees
@@ -94,7 +94,7 @@ const ethHdrLen = 14
 
 func newFilterVec(burst int) filterVec {
 	v := filterVec{
-		pkts: make([]*mbuf.Mbuf, burst), lens: make([]int, burst), ets: make([]uint16, burst), hs: make([]Handler, burst),
+		pkts: make([]*mbuf.Mbuf, burst), lens: make([]int, burst), ets: make([]uint16, burst), ps: make([]*hook.Entry[*ifProto], burst),
 		frames: make([][]byte, burst), frameBuf: make([][ethHdrLen]byte, burst),
 		sel: make([]int, burst), selPkts: make([]*mbuf.Mbuf, burst), selFrame: make([][]byte, burst),
 		verdicts: make([]nke.Verdict, burst), raw: make([]nke.RawVerdict, burst),
@@ -106,18 +106,17 @@ func newFilterVec(burst int) filterVec {
 }
 
 // filterInput runs the input filters over the first n packets of the
-// vector, which demux has already matched to a protocol, and returns how
-// many go on to their protocol (compacted to the front, in order). Each
-// packet's data is moved past its link header for the filters, who get a
-// copy of it, and moved back (the header restored from that copy) after.
+// vector, which demux has already matched to a protocol and moved past
+// their link headers, and returns how many go on to their protocol
+// (compacted to the front, in order). Each filter gets a copy of the link
+// header, which the protocol then gets too: a filter may replace the
+// packet, and the replacement has no header of its own.
 func (ifp *Interface) filterInput(n int) int {
 	v := &ifp.fv
 	v.bytes = 0
 	for i := 0; i < n; i++ {
-		m := v.pkts[i]
-		copy(v.frames[i], m.Bytes()[:ethHdrLen])
-		m.Adj(ethHdrLen)
-		v.lens[i] = m.PktLen()
+		copy(v.frameBuf[i][:], v.frames[i])
+		v.frames[i] = v.frameBuf[i][:]
 		v.bytes += v.lens[i]
 	}
 	s := ifp.filters.Acquire()
@@ -127,30 +126,16 @@ func (ifp *Interface) filterInput(n int) int {
 		}
 	}
 	s.Release()
-	// Back to whole frames for the protocols.
-	kept := 0
-	for i := 0; i < n; i++ {
-		m := v.pkts[i]
-		hdr, ok := m.Prepend(ethHdrLen)
-		if !ok {
-			// A replacement packet without headroom for its header.
-			m.Free()
-			ifp.stats.rxFilterDrops.Add(1)
-			continue
-		}
-		copy(hdr, v.frames[i])
-		ifp.keep(i, kept)
-		kept++
-	}
-	return kept
+	return n
 }
 
 // keep moves slot i of the vector to slot j (j <= i).
 func (ifp *Interface) keep(i, j int) {
 	v := &ifp.fv
 	if i != j {
-		v.pkts[j], v.lens[j], v.ets[j], v.hs[j] = v.pkts[i], v.lens[i], v.ets[i], v.hs[i]
+		v.pkts[j], v.lens[j], v.ets[j], v.ps[j] = v.pkts[i], v.lens[i], v.ets[i], v.ps[i]
 		v.frameBuf[j] = v.frameBuf[i]
+		v.frames[j] = v.frameBuf[j][:]
 	}
 }
 
@@ -408,8 +393,9 @@ func (ifp *Interface) callOutput(e *hook.Entry[*ifFilter], pkts []*mbuf.Mbuf, ve
 	return -1
 }
 
-// event tells the filters about an interface event (on the poll loop).
+// event tells the filters, then the protocols, about an interface event.
 func (ifp *Interface) event(ev nke.Event) {
+	defer ifp.protoEvent(ev)
 	if ifp.filters.Empty() {
 		return
 	}
@@ -432,12 +418,28 @@ func (ifp *Interface) event(ev nke.Event) {
 // Ioctl runs an interface ioctl through the filters with Apple's rules
 // (dlil_ioctl): a filter returning nil handled it and the next filters see
 // it too; ErrNotMine passes; ErrSwallowed stops it with success; another
-// error stops it with that error. With no filter handling it the call
-// fails with ErrUnknownIoctl: the interface itself has no ioctls yet.
+// error stops it with that error. The protocol attached for proto sees
+// it next, with the same rules. With nobody handling it the call fails
+// with ErrUnknownIoctl: the interface itself has no ioctls yet.
 func (ifp *Interface) Ioctl(proto uint16, cmd uint32, arg []byte) error {
+	handled, stop, err := ifp.filterIoctl(proto, cmd, arg)
+	if stop {
+		return err
+	}
+	if ok, err := ifp.protoIoctl(proto, cmd, arg); ok || err != nil {
+		return err
+	}
+	if handled {
+		return nil
+	}
+	return fmt.Errorf("ifnet %s: ioctl %#x: %w", ifp.cfg.Name, cmd, ErrUnknownIoctl)
+}
+
+// filterIoctl runs the ioctl through the filters: handled if one took it
+// and let it go on, stop (with the call's result) if one ended it.
+func (ifp *Interface) filterIoctl(proto uint16, cmd uint32, arg []byte) (handled, stop bool, _ error) {
 	s := ifp.filters.Acquire()
 	defer s.Release()
-	handled := false
 	for _, e := range s.Entries {
 		f := e.Filter
 		if f.ioctl == nil || !f.matches(proto) {
@@ -458,13 +460,10 @@ func (ifp *Interface) Ioctl(proto uint16, cmd uint32, arg []byte) error {
 			handled = true
 		case errors.Is(err, nke.ErrNotMine):
 		case errors.Is(err, nke.ErrSwallowed):
-			return nil
+			return true, true, nil
 		default:
-			return err
+			return true, true, err
 		}
 	}
-	if handled {
-		return nil
-	}
-	return fmt.Errorf("ifnet %s: ioctl %#x: %w", ifp.cfg.Name, cmd, ErrUnknownIoctl)
+	return handled, false, nil
 }

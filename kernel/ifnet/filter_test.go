@@ -79,15 +79,10 @@ func newFilterRig(t testing.TB) *filterRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, et := range []uint16{EtherTypeIPv4, EtherTypeARP, EtherTypeIPv6} {
-		et := et
-		r.ifp.AttachProtocol(et, func(m *mbuf.Mbuf) {
-			b := make([]byte, m.PktLen())
-			m.CopyOut(b)
-			m.Free()
-			r.got[et] = append(r.got[et], b)
-		})
-	}
+	AttachFuncs(t, r.ifp, func(et uint16, m *mbuf.Mbuf, frame []byte) {
+		r.got[et] = append(r.got[et], WholeFrame(m, frame))
+		m.Free()
+	}, EtherTypeIPv4, EtherTypeARP, EtherTypeIPv6)
 	t.Cleanup(func() {
 		if n := pool.Avail(); n != pool.Cap() {
 			t.Errorf("%d of %d buffers not back in the pool", pool.Cap()-n, pool.Cap())
@@ -469,10 +464,7 @@ func TestFiltersDoNotAllocate(t *testing.T) {
 	attach(t, r, nke.InterfaceFilterSpec{Name: "nop", Filter: nop{}})
 	attach(t, r, nke.InterfaceFilterSpec{Name: "burst", Filter: nopBurst{}})
 	pkts := make([]*mbuf.Mbuf, 32)
-	for _, et := range []uint16{EtherTypeARP, EtherTypeIPv6, EtherTypeIPv4} {
-		r.ifp.AttachProtocol(et, func(m *mbuf.Mbuf) { m.Free() }) // refused: already attached
-	}
-	r.ifp.protos.Store(&demux{types: []uint16{EtherTypeIPv4}, handlers: []Handler{func(m *mbuf.Mbuf) { m.Free() }}})
+	AttachFuncs(t, r.ifp, freeIt, EtherTypeIPv4)
 	if a := testing.AllocsPerRun(100, func() {
 		r.pool.GetBatch(pkts)
 		for _, m := range pkts {
@@ -500,7 +492,7 @@ func BenchmarkFilters(b *testing.B) {
 		for _, k := range []int{0, 1, 8} {
 			b.Run(fmt.Sprintf("%s/filters=%d", form, k), func(b *testing.B) {
 				r := newFilterRig(b)
-				r.ifp.protos.Store(&demux{types: []uint16{EtherTypeIPv4}, handlers: []Handler{func(m *mbuf.Mbuf) { m.Free() }}})
+				AttachFuncs(b, r.ifp, freeIt, EtherTypeIPv4)
 				for i := 0; i < k; i++ {
 					var f any = nop{}
 					if form == "burst" {

@@ -9,7 +9,6 @@
 package ifnet
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
@@ -48,10 +47,6 @@ type Driver interface {
 	Pool() *mbuf.Pool
 }
 
-// Handler receives a frame for an attached protocol and owns it from then
-// on: it must free it. It runs on the poll loop: it must not block.
-type Handler func(m *mbuf.Mbuf)
-
 // EtherTypes the stack attaches by default.
 const (
 	EtherTypeIPv4 uint16 = 0x0800
@@ -61,9 +56,8 @@ const (
 
 // Errors.
 var (
-	ErrProtoAttached = errors.New("ifnet: a protocol is already attached for that EtherType")
-	ErrNoBufs        = errors.New("ifnet: output queue full, packet dropped")
-	ErrStopped       = errors.New("ifnet: interface stopped")
+	ErrNoBufs  = errors.New("ifnet: output queue full, packet dropped")
+	ErrStopped = errors.New("ifnet: interface stopped")
 )
 
 // Config tunes an interface. Zero values take the defaults.
@@ -121,11 +115,6 @@ func (c *Config) defaults() {
 	}
 }
 
-type demux struct {
-	types    []uint16
-	handlers []Handler
-}
-
 // Interface is one network interface driven by a poll loop.
 type Interface struct {
 	cfg Config
@@ -133,8 +122,11 @@ type Interface struct {
 	mac atomic.Pointer[[6]byte] // the driver's, re-read after each recovery
 	mtu atomic.Int32
 
-	protoMu sync.Mutex // serialises attach/detach; readers use the snapshot
-	protos  atomic.Pointer[demux]
+	// protos are the attached protocols (proto.go); protoMu serialises
+	// their attach, which checks descriptors against the others.
+	protoMu   sync.Mutex
+	protos    *hook.Chain[*ifProto]
+	unclaimed unclaimed
 
 	txq   *mbuf.Queue
 	waker waker
@@ -169,6 +161,7 @@ type counters struct {
 	rxFilterDrops, rxSwallowed                atomic.Uint64
 	rxRawDrops, rxBounced                     atomic.Uint64
 	txFilterDrops, txSwallowed                atomic.Uint64
+	txPreOutputErrors                         atomic.Uint64
 }
 
 // Stats count what the interface layer did (the driver has its own).
@@ -192,6 +185,8 @@ type Stats struct {
 	RxSwallowed   uint64 `json:"rx_swallowed"`
 	TxFilterDrops uint64 `json:"tx_filter_drops"`
 	TxSwallowed   uint64 `json:"tx_swallowed"`
+	// TxPreOutputErrors counts packets a protocol's pre-output refused.
+	TxPreOutputErrors uint64 `json:"tx_pre_output_errors"`
 }
 
 // New returns an interface over drv. Start runs its poll loop.
@@ -207,9 +202,9 @@ func New(drv Driver, cfg Config) (*Interface, error) {
 	report := func(f hook.Fault) { cfg.Logf("%s\n%s", f, f.Stack) }
 	ifp.filters = hook.New[*ifFilter](cfg.Name+" filters", hook.FIFO, report)
 	ifp.raw = hook.New[*rawFilter](cfg.Name+" raw", hook.FIFO, report)
+	ifp.protos = hook.New[*ifProto](cfg.Name+" protocols", hook.FIFO, report)
 	ifp.bounce = make([]*mbuf.Mbuf, 0, cfg.Burst)
 	ifp.learnIdentity()
-	ifp.protos.Store(&demux{})
 	return ifp, nil
 }
 
@@ -246,22 +241,6 @@ func (ifp *Interface) Pool() *mbuf.Pool { return ifp.drv.Pool() }
 
 // LinkUp is the link state last read by the poll loop.
 func (ifp *Interface) LinkUp() bool { return ifp.link.Load() }
-
-// AttachProtocol routes received frames of etherType to h.
-func (ifp *Interface) AttachProtocol(etherType uint16, h Handler) error {
-	ifp.protoMu.Lock()
-	defer ifp.protoMu.Unlock()
-	old := ifp.protos.Load()
-	for _, t := range old.types {
-		if t == etherType {
-			return fmt.Errorf("%w: %#04x on %s", ErrProtoAttached, etherType, ifp.cfg.Name)
-		}
-	}
-	nd := &demux{types: append(append([]uint16(nil), old.types...), etherType),
-		handlers: append(append([]Handler(nil), old.handlers...), h)}
-	ifp.protos.Store(nd)
-	return nil
-}
 
 // Output queues a whole Ethernet frame for transmission and wakes the poll
 // loop. It always takes ownership of m; a full queue drops it (counted) and
@@ -307,6 +286,7 @@ func (ifp *Interface) Stop() {
 	ifp.txq.Drain()
 	ifp.waker.Close()
 	ifp.detachFilters()
+	ifp.detachProtos()
 }
 
 // detachFilters tells every filter the interface is going away, then
@@ -336,6 +316,7 @@ func (ifp *Interface) Stats() Stats {
 		RxFilterDrops: c.rxFilterDrops.Load(), RxSwallowed: c.rxSwallowed.Load(),
 		RxRawDrops: c.rxRawDrops.Load(), RxBounced: c.rxBounced.Load(),
 		TxFilterDrops: c.txFilterDrops.Load(), TxSwallowed: c.txSwallowed.Load(),
+		TxPreOutputErrors: c.txPreOutputErrors.Load(),
 	}
 }
 
@@ -476,38 +457,55 @@ func (ifp *Interface) poll() bool {
 }
 
 // input counts and demultiplexes a burst, runs it through the interface
-// filters, and hands each frame left to the protocol attached for its
-// EtherType. A frame no protocol claims is dropped and counted.
+// filters, and hands each frame left to the protocol that claims it, data
+// at the network header, the Ethernet header beside it. A frame no
+// protocol claims is dropped and counted by what it was.
 func (ifp *Interface) input(pkts []*mbuf.Mbuf) {
-	d := ifp.protos.Load() // one snapshot per burst
+	ps := ifp.protos.Acquire() // one snapshot per burst
 	v := &ifp.fv
 	var bytes, unknown, short uint64
 	n := 0
 	for _, m := range pkts {
 		m.RcvIf = ifp.cfg.Index
 		bytes += uint64(m.PktLen())
-		if m.Len() < ethHdrLen {
+		k, ok := classify(m.Bytes())
+		if !ok {
 			short++
 			m.Free()
 			continue
 		}
-		et := binary.BigEndian.Uint16(m.Bytes()[12:14])
-		h := lookup(d, et)
-		if h == nil {
+		e := lookupProto(ps, k)
+		if e == nil {
 			unknown++
+			ifp.unclaimed.add(k)
 			m.Free()
 			continue
 		}
-		v.pkts[n], v.ets[n], v.hs[n] = m, et, h
+		v.frames[n] = m.Bytes()[:ethHdrLen:ethHdrLen]
+		m.Adj(ethHdrLen)
+		v.pkts[n], v.ps[n], v.lens[n] = m, e, m.PktLen()
+		v.ets[n] = 0
+		if k>>56 == demuxKey(nke.DemuxEtherType) {
+			v.ets[n] = uint16(k)
+		}
 		n++
 	}
 	if n > 0 && !ifp.filters.Empty() {
 		n = ifp.filterInput(n)
 	}
-	for i := 0; i < n; i++ {
-		v.hs[i](v.pkts[i])
-		v.pkts[i], v.hs[i] = nil, nil
+	// Runs of frames for the same protocol go to it in one call.
+	for i := 0; i < n; {
+		e := v.ps[i]
+		j := i + 1
+		for j < n && v.ps[j] == e {
+			j++
+		}
+		ifp.deliver(e, v.pkts[i:j], v.frames[i:j], v.lens[i:j])
+		i = j
 	}
+	clear(v.pkts[:n])
+	clear(v.ps[:n])
+	ps.Release()
 	ifp.stats.rxPackets.Add(uint64(len(pkts)))
 	ifp.stats.rxBytes.Add(bytes)
 	if unknown > 0 {
@@ -516,15 +514,6 @@ func (ifp *Interface) input(pkts []*mbuf.Mbuf) {
 	if short > 0 {
 		ifp.stats.rxShort.Add(short)
 	}
-}
-
-func lookup(d *demux, et uint16) Handler {
-	for i, t := range d.types {
-		if t == et {
-			return d.handlers[i]
-		}
-	}
-	return nil
 }
 
 func (ifp *Interface) recover(cause error) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nke-harness/nke/kernel/ifnet"
+	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/dma"
 	"github.com/nke-harness/nke/nke/mbuf"
 	"github.com/nke-harness/nke/virtio"
@@ -90,16 +91,13 @@ func TestDemuxAndOutput(t *testing.T) {
 	r := newRig(t, ifnet.Config{Index: 3})
 	got := make(chan []byte, 100)
 	var rcvIf uint16
-	if err := r.ifp.AttachProtocol(ifnet.EtherTypeIPv4, func(m *mbuf.Mbuf) {
+	ifnet.AttachFuncs(t, r.ifp, func(_ uint16, m *mbuf.Mbuf, frame []byte) {
 		rcvIf = m.RcvIf
-		b := make([]byte, m.PktLen())
-		m.CopyOut(b)
+		got <- ifnet.WholeFrame(m, frame)
 		m.Free()
-		got <- b
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.ifp.AttachProtocol(ifnet.EtherTypeIPv4, func(m *mbuf.Mbuf) { m.Free() }); !errors.Is(err, ifnet.ErrProtoAttached) {
+	}, ifnet.EtherTypeIPv4)
+	if _, err := r.ifp.AttachProto(nke.ProtocolSpec{Name: "again", Demux: []nke.DemuxDesc{nke.EtherType(ifnet.EtherTypeIPv4)},
+		Protocol: ifnet.FuncProto{}}); !errors.Is(err, ifnet.ErrProtoAttached) {
 		t.Fatalf("second attach: %v", err)
 	}
 	r.ifp.Start()
@@ -152,7 +150,7 @@ func TestRecoveryAndLink(t *testing.T) {
 	r := newRig(t, ifnet.Config{CheckEvery: time.Millisecond})
 	var mu sync.Mutex
 	n := 0
-	r.ifp.AttachProtocol(0x0800, func(m *mbuf.Mbuf) { mu.Lock(); n++; mu.Unlock(); m.Free() })
+	ifnet.AttachFuncs(t, r.ifp, func(_ uint16, m *mbuf.Mbuf, _ []byte) { mu.Lock(); n++; mu.Unlock(); m.Free() }, 0x0800)
 	r.ifp.Start()
 	waitFor(t, "link up", r.ifp.LinkUp)
 	r.dev.SetLink(false)

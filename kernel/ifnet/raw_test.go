@@ -109,7 +109,7 @@ func BenchmarkRawHook(b *testing.B) {
 	for _, k := range []int{0, 1, 8} {
 		b.Run(fmt.Sprintf("hooks=%d", k), func(b *testing.B) {
 			r := newFilterRig(b)
-			r.ifp.protos.Store(&demux{types: []uint16{EtherTypeIPv4}, handlers: []Handler{func(m *mbuf.Mbuf) { m.Free() }}})
+			AttachFuncs(b, r.ifp, freeIt, EtherTypeIPv4)
 			for i := 0; i < k; i++ {
 				r.ifp.AttachRawHook(nke.RawHookSpec{Name: fmt.Sprintf("h%d", i), Filter: passRaw{}})
 			}

@@ -21,6 +21,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"github.com/nke-harness/nke/kernel/ifnet"
+	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/mbuf"
 )
 
@@ -43,7 +44,8 @@ type Stack struct {
 }
 
 // New builds a stack with IPv4, IPv6, ARP, TCP, UDP and ICMP on ifp, and
-// attaches it to ifp's IPv4, ARP and IPv6 EtherTypes.
+// attaches IPv4, ARP and IPv6 to ifp as protocols (Apple's inet and inet6
+// plumbing), named "inet", "arp" and "inet6".
 func New(ifp *ifnet.Interface, cfg Config) (*Stack, error) {
 	if !cfg.Addr.IsValid() || !cfg.Addr.Addr().Is4() {
 		return nil, fmt.Errorf("netstack: address %v is not an IPv4 prefix", cfg.Addr)
@@ -89,10 +91,9 @@ func New(ifp *ifnet.Interface, cfg Config) (*Stack, error) {
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 256 << 10, Max: 4 << 20}
 	s.SetTransportProtocolOption(tcp.ProtocolNumber, &snd)
 
-	for _, et := range []uint16{ifnet.EtherTypeIPv4, ifnet.EtherTypeARP, ifnet.EtherTypeIPv6} {
-		if err := ifp.AttachProtocol(et, ep.deliver); err != nil {
-			return nil, err
-		}
+	if err := ep.attach(); err != nil {
+		s.Destroy()
+		return nil, err
 	}
 	return &Stack{Stack: s, ep: ep, cfg: cfg}, nil
 }
@@ -177,15 +178,114 @@ type endpoint struct {
 	// +checklocks:mu
 	detached bool // Shutdown: no more packets either way
 
+	// inet, arp and inet6 are the stack's protocol attachments, set
+	// before any packet flows and never changed.
+	inet, arp, inet6 nke.ProtocolAttachment
+
 	rxDelivered, rxMalformed, txNoBufs, txTooBig atomic.Uint64
 }
 
 var _ stack.LinkEndpoint = (*endpoint)(nil)
 
-// deliver is the ifnet handler for the stack's EtherTypes. It copies the
-// frame into the stack's pooled buffers and frees the packet buffer, so DMA
-// memory goes back to the rx ring at once.
-func (e *endpoint) deliver(m *mbuf.Mbuf) {
+// attach plumbs the stack into the interface: one protocol per network
+// protocol, each claiming its EtherType. All or none stay attached.
+func (e *endpoint) attach() error {
+	var done []nke.ProtocolAttachment
+	for _, p := range []struct {
+		name string
+		et   uint16
+		dst  *nke.ProtocolAttachment
+	}{{"inet", ifnet.EtherTypeIPv4, &e.inet}, {"arp", ifnet.EtherTypeARP, &e.arp}, {"inet6", ifnet.EtherTypeIPv6, &e.inet6}} {
+		a, err := e.ifp.AttachProto(nke.ProtocolSpec{Name: p.name, Demux: []nke.DemuxDesc{nke.EtherType(p.et)},
+			Protocol: &proto{ep: e, etherType: p.et}})
+		if err != nil {
+			for _, a := range done {
+				a.Detach()
+			}
+			return fmt.Errorf("netstack: %w", err)
+		}
+		done = append(done, a)
+		*p.dst = a
+	}
+	return nil
+}
+
+// proto is one of the stack's protocols on the interface.
+type proto struct {
+	ep        *endpoint
+	etherType uint16
+}
+
+var (
+	_ nke.ProtocolInputBurst       = (*proto)(nil)
+	_ nke.ProtocolPreOutput        = (*proto)(nil)
+	_ nke.ProtocolResolveMulticast = (*proto)(nil)
+	_ nke.ProtocolSendARP          = (*proto)(nil)
+)
+
+// ProtoInputBurst hands a run of received packets to the stack.
+func (p *proto) ProtoInputBurst(_ nke.Interface, pkts []*mbuf.Mbuf, frames [][]byte) {
+	for i, m := range pkts {
+		p.ep.deliver(m, frames[i])
+	}
+}
+
+// ProtoPreOutput: gVisor resolves neighbours itself (ARP, NDP), so dest
+// is already the next hop's link address; the frame type is the
+// protocol's.
+func (p *proto) ProtoPreOutput(_ nke.Interface, _ **mbuf.Mbuf, dest []byte) (uint16, [6]byte, error) {
+	var mac [6]byte
+	if len(dest) != len(mac) {
+		return 0, mac, fmt.Errorf("netstack: %d-byte link destination, want 6", len(dest))
+	}
+	copy(mac[:], dest)
+	return p.etherType, mac, nil
+}
+
+// ProtoResolveMulticast maps an IPv4 group to 01:00:5e plus its low 23
+// bits (RFC 1112) and an IPv6 one to 33:33 plus its low 32 (RFC 2464).
+func (p *proto) ProtoResolveMulticast(_ nke.Interface, addr []byte) ([6]byte, error) {
+	var mac [6]byte
+	switch {
+	case p.etherType == ifnet.EtherTypeIPv4 && len(addr) == 4 && addr[0]&0xf0 == 0xe0:
+		mac = [6]byte{0x01, 0x00, 0x5e, addr[1] & 0x7f, addr[2], addr[3]}
+	case p.etherType == ifnet.EtherTypeIPv6 && len(addr) == 16 && addr[0] == 0xff:
+		mac = [6]byte{0x33, 0x33, addr[12], addr[13], addr[14], addr[15]}
+	default:
+		return mac, fmt.Errorf("netstack: %x is not a multicast address of %#04x", addr, p.etherType)
+	}
+	return mac, nil
+}
+
+// ProtoSendARP builds an Ethernet ARP packet for IPv4 and sends it
+// through the arp protocol (a zero targetHW in a request broadcasts).
+func (p *proto) ProtoSendARP(_ nke.Interface, op uint16, senderHW [6]byte, senderIP []byte, targetHW [6]byte, targetIP []byte) error {
+	e := p.ep
+	if p.etherType != ifnet.EtherTypeIPv4 || len(senderIP) != 4 || len(targetIP) != 4 || (op != 1 && op != 2) {
+		return fmt.Errorf("netstack: send ARP op %d from %x to %x: want a request or reply between IPv4 addresses", op, senderIP, targetIP)
+	}
+	m := e.pool.AllocPacket(header.ARPSize)
+	if m == nil {
+		return fmt.Errorf("netstack: send ARP: %w", ifnet.ErrNoBufs)
+	}
+	h := header.ARP(m.Bytes())
+	h.SetIPv4OverEthernet()
+	h.SetOp(header.ARPOp(op))
+	copy(h.HardwareAddressSender(), senderHW[:])
+	copy(h.ProtocolAddressSender(), senderIP)
+	copy(h.HardwareAddressTarget(), targetHW[:])
+	copy(h.ProtocolAddressTarget(), targetIP)
+	dst := targetHW
+	if op == 1 && dst == ([6]byte{}) {
+		dst = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	}
+	return e.arp.Output(m, dst[:])
+}
+
+// deliver copies a received packet (data at the network header, frame
+// its Ethernet header) into the stack's pooled buffers and frees the
+// packet buffer, so DMA memory goes back to the rx ring at once.
+func (e *endpoint) deliver(m *mbuf.Mbuf, frame []byte) {
 	e.mu.RLock()
 	d := e.dispatcher
 	if e.detached {
@@ -196,7 +296,13 @@ func (e *endpoint) deliver(m *mbuf.Mbuf) {
 		m.Free()
 		return
 	}
+	if len(frame) != header.EthernetMinimumSize {
+		m.Free()
+		e.rxMalformed.Add(1)
+		return
+	}
 	var buf buffer.Buffer
+	buf.Append(buffer.NewViewWithData(frame))
 	for b := m; b != nil; b = b.Next() {
 		if b.Len() > 0 {
 			buf.Append(buffer.NewViewWithData(b.Bytes()))
@@ -227,8 +333,10 @@ func (e *endpoint) deliver(m *mbuf.Mbuf) {
 }
 
 // WritePackets copies each packet into packet buffers (a chain when it is
-// larger than one) and queues it on the interface. Running out of buffers
-// is backpressure for the stack. After Shutdown nothing is written.
+// larger than one) and sends it through its protocol's attachment, whose
+// framer adds the Ethernet header (so AddHeader adds none). Running out of
+// buffers is backpressure for the stack. After Shutdown nothing is
+// written.
 func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	pool := e.pool
 	// The read lock is held while writing, so that Shutdown, which takes
@@ -241,7 +349,7 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
 		size := pkt.Size()
-		if size > int(e.MTU())+header.EthernetMinimumSize {
+		if size > int(e.MTU()) {
 			e.txTooBig.Add(1)
 			if n == 0 {
 				return 0, &tcpip.ErrMessageTooLong{}
@@ -260,7 +368,17 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		for _, s := range pkt.AsSlices() {
 			off += m.CopyBack(off, s)
 		}
-		if err := e.ifp.Output(m); err != nil {
+		var a nke.ProtocolAttachment
+		switch pkt.NetworkProtocolNumber {
+		case ipv4.ProtocolNumber:
+			a = e.inet
+		case arp.ProtocolNumber:
+			a = e.arp
+		default:
+			a = e.inet6
+		}
+		dst := pkt.EgressRoute.RemoteLinkAddress
+		if err := a.Output(m, []byte(dst)); err != nil {
 			if n == 0 {
 				return 0, &tcpip.ErrNoBufferSpace{}
 			}
@@ -323,15 +441,9 @@ func (e *endpoint) IsAttached() bool {
 	return e.dispatcher != nil
 }
 
-// AddHeader writes the Ethernet header, as gVisor's ethernet endpoint does.
-func (e *endpoint) AddHeader(pkt *stack.PacketBuffer) {
-	eth := header.Ethernet(pkt.LinkHeader().Push(header.EthernetMinimumSize))
-	eth.Encode(&header.EthernetFields{
-		SrcAddr: pkt.EgressRoute.LocalLinkAddress,
-		DstAddr: pkt.EgressRoute.RemoteLinkAddress,
-		Type:    pkt.NetworkProtocolNumber,
-	})
-}
+// AddHeader adds nothing: the interface's framer writes the Ethernet
+// header after the protocol's pre-output, as dlil does.
+func (e *endpoint) AddHeader(*stack.PacketBuffer) {}
 
 func (e *endpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
 	_, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize)

@@ -75,11 +75,20 @@ func echoRequest(b []byte, seq uint16) {
 	ic.SetChecksum(^checksum.Checksum(ic, 0))
 }
 
+// deliverFrame hands a whole frame to the stack as ifnet's demux does:
+// data at the network header, the Ethernet header beside it.
+func deliverFrame(s *Stack, m *mbuf.Mbuf) {
+	var frame [header.EthernetMinimumSize]byte
+	copy(frame[:], m.Bytes())
+	m.Adj(header.EthernetMinimumSize)
+	s.ep.deliver(m, frame[:])
+}
+
 func TestPingThroughEndpoint(t *testing.T) {
 	s, ifp, dev := newStack(t)
 	m := ifp.Pool().Get()
 	pingFrame(m, 1)
-	s.ep.deliver(m)
+	deliverFrame(s, m)
 	if got := s.LinkStats().RxDelivered; got != 1 {
 		t.Fatalf("delivered %d", got)
 	}
@@ -87,10 +96,10 @@ func TestPingThroughEndpoint(t *testing.T) {
 	if dev.Stats().TxFrames != 1 {
 		t.Fatalf("no echo reply sent: %+v", ifp.Stats())
 	}
-	// A frame too short for an Ethernet header is refused, not delivered.
+	// A link header too short for Ethernet is refused, not delivered.
 	short := ifp.Pool().Get()
 	short.Append(10)
-	s.ep.deliver(short)
+	s.ep.deliver(short, make([]byte, 10))
 	if s.LinkStats().RxMalformed != 1 {
 		t.Fatal("short frame not counted as malformed")
 	}
@@ -109,7 +118,7 @@ func BenchmarkPing(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		m := pool.Get()
 		pingFrame(m, uint16(i))
-		s.ep.deliver(m)
+		deliverFrame(s, m)
 		ifp.PollOnce()
 	}
 }
@@ -127,7 +136,7 @@ func TestJumboFramesUnfragmented(t *testing.T) {
 	echoRequest(req, 1)
 	m := ifp.Pool().AllocPacket(len(req))
 	m.CopyBack(0, req)
-	s.ep.deliver(m)
+	deliverFrame(s, m)
 	ifp.PollOnce()
 	if len(sent) != 1 || sent[0] != 9014 {
 		t.Fatalf("frames sent %v, want one echo reply of 9014 bytes", sent)
@@ -143,7 +152,7 @@ func TestShutdownDetaches(t *testing.T) {
 	s.Shutdown()
 	m := pool.Get()
 	pingFrame(m, 1)
-	s.ep.deliver(m)
+	deliverFrame(s, m)
 	if got := s.LinkStats().RxDelivered; got != 0 {
 		t.Fatalf("a frame was delivered to a shut-down stack")
 	}

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/mbuf"
@@ -123,4 +124,52 @@ func (l *Logger) Lines() []string {
 		out = append(out, r.String())
 	}
 	return out
+}
+
+// Module starts the logger on every interface. With args "print" it
+// writes what it recorded to the guest's log twice a second; otherwise it
+// only keeps the last 256 records.
+var Module = nke.Module{
+	Name: "ethlog",
+	ID:   Name,
+	Doc:  "records every frame in and out of each interface",
+	Start: func(k nke.Kernel, args string) (func() error, error) {
+		var d nke.Detacher
+		l := New(256)
+		for _, link := range k.Links() {
+			a, err := link.AttachFilter(l.Spec())
+			if err != nil {
+				d.DetachAll()
+				return nil, err
+			}
+			d.Add(a)
+		}
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if args != "print" {
+				<-stop
+				return
+			}
+			t := time.NewTicker(500 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					for _, line := range l.Lines() {
+						k.Logf("%s", line)
+					}
+				}
+			}
+		}()
+		return func() error {
+			d.DetachAll()
+			close(stop)
+			<-done
+			return nil
+		}, nil
+	},
 }
