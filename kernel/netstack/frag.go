@@ -27,11 +27,11 @@ var fragIDs atomic.Uint32
 func init() { fragIDs.Store(rand.Uint32()) }
 
 // fragment splits datagram m (data at its IP header, whole, in parsed by
-// parseIP) into frames of at most mtu bytes of IP each, each link then a
-// fragment, appended to dst. IPv6 fragments carry id (0: a fresh one). m
+// parseIP) into packets of at most mtu bytes of IP each, each link (nil:
+// none) then a fragment, appended to dst. IPv6 fragments carry id (0: a fresh one). m
 // is not consumed; on failure nothing is appended and the reason is
 // returned.
-func fragment(dst []*mbuf.Mbuf, pool *mbuf.Pool, m *mbuf.Mbuf, in *ipInfo, mtu int, link *[ethHdrLen]byte, id uint32) ([]*mbuf.Mbuf, int) {
+func fragment(dst []*mbuf.Mbuf, pool *mbuf.Pool, m *mbuf.Mbuf, in *ipInfo, mtu int, link []byte, id uint32) ([]*mbuf.Mbuf, int) {
 	var hdr [maxUnfrag]byte
 	unfrag, nhOff := in.hdrLen, 0
 	extra := 0 // the fragment header's bytes
@@ -60,15 +60,16 @@ func fragment(dst []*mbuf.Mbuf, pool *mbuf.Pool, m *mbuf.Mbuf, in *ipInfo, mtu i
 	origNH := hdr[nhOff]
 	for off := 0; off < payload; off += chunk {
 		l := min(chunk, payload-off)
-		f := pool.AllocPacket(ethHdrLen + unfrag + extra + l)
+		lh := len(link)
+		f := pool.AllocPacket(lh + unfrag + extra + l)
 		if f == nil {
 			mbuf.FreeBatch(dst[first:])
 			return dst[:first], fragNoBufs
 		}
-		f.CopyBack(0, link[:])
-		f.CopyBack(ethHdrLen, hdr[:unfrag])
-		copyRange(f, ethHdrLen+unfrag+extra, m, unfrag+off, l)
-		b := f.Bytes()[ethHdrLen:] // the first buffer holds the headers
+		f.CopyBack(0, link)
+		f.CopyBack(lh, hdr[:unfrag])
+		copyRange(f, lh+unfrag+extra, m, unfrag+off, l)
+		b := f.Bytes()[lh:] // the first buffer holds the headers
 		more := off+l < payload
 		if in.v6 {
 			binary.BigEndian.PutUint16(b[4:], uint16(unfrag-ipv6HdrLen+extra+l))

@@ -308,7 +308,7 @@ func TestFragmentRoundTrip(t *testing.T) {
 			var scratch [maxParseHead]byte
 			in, _ := parseIP(head(m, &scratch), m.PktLen(), v6)
 			link := [ethHdrLen]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x86, 0xdd}
-			frags, why := fragment(nil, p, m, &in, 1500, &link, 99)
+			frags, why := fragment(nil, p, m, &in, 1500, link[:], 99)
 			m.Free()
 			if why != fragOK {
 				t.Fatalf("fragment: %d", why)
@@ -345,7 +345,7 @@ func TestFragmentRoundTrip(t *testing.T) {
 	m := packet(t, p, dg)
 	var scratch [maxParseHead]byte
 	in, _ := parseIP(head(m, &scratch), m.PktLen(), false)
-	if _, why := fragment(nil, p, m, &in, 1500, &[ethHdrLen]byte{}, 0); why != fragDontFrag {
+	if _, why := fragment(nil, p, m, &in, 1500, nil, 0); why != fragDontFrag {
 		t.Fatalf("DF: %d", why)
 	}
 	m.Free()
