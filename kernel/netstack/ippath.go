@@ -151,17 +151,6 @@ func (e *endpoint) inputVec(chain *hook.Chain[*ipFilter], v *ipVec, n int) {
 	}
 }
 
-// filterInputVec is inputVec without gVisor, for tests and benchmarks of
-// the dispatcher: survivors are freed.
-func (e *endpoint) filterInputVec(chain *hook.Chain[*ipFilter], v *ipVec, n int) int {
-	if !chain.Empty() {
-		s := chain.Acquire()
-		n = e.runFilters(s, 0, v, n, false, 0)
-		s.Release()
-	}
-	return n
-}
-
 // writeIP sends one IP packet gVisor wrote (data at the IP header, dst its
 // next hop): straight to the interface when no filter is attached and no
 // datagram is being put together, else through sc's vector.
