@@ -192,6 +192,15 @@ func (e *endpoint) writeIP(sc **outScratch, v6 bool, m *mbuf.Mbuf, dst tcpip.Lin
 	return nil
 }
 
+// endWrite sends what a WritePackets call collected in sc.
+func (e *endpoint) endWrite(sc **outScratch) {
+	if o := *sc; o != nil {
+		e.flushOut(o, false)
+		e.flushOut(o, true)
+		e.outPool.Put(o)
+	}
+}
+
 // flushOut runs the output filters over sc's vector of the family and
 // sends what is left.
 func (e *endpoint) flushOut(o *outScratch, v6 bool) {
@@ -404,21 +413,7 @@ func (e *endpoint) route(v6 bool, m *mbuf.Mbuf) error {
 		}
 		var mac [6]byte
 		copy(mac[:], res.RouteInfo.RemoteLinkAddress)
-		// TryRLock: this may run inside WritePackets (a filter's inject,
-		// resolved at once), which holds the read lock; a second RLock
-		// with Shutdown waiting would deadlock. Failing means Shutdown
-		// is under way: the packet is dropped.
-		if !e.mu.TryRLock() {
-			m.Free()
-			return
-		}
-		defer e.mu.RUnlock()
-		if e.detached {
-			m.Free()
-			return
-		}
-		var frags []*mbuf.Mbuf
-		e.sendIP(v6, m, mac[:], 0, &frags)
+		e.sendInjected(v6, m, mac)
 	})
 	switch terr.(type) {
 	case nil, *tcpip.ErrWouldBlock:
@@ -429,4 +424,25 @@ func (e *endpoint) route(v6 bool, m *mbuf.Mbuf) error {
 	}
 	e.unresolved.Add(1)
 	return fmt.Errorf("netstack: inject output to %v: %s", dst, terr)
+}
+
+// sendInjected sends an injected datagram once its next hop is known.
+// It takes the read lock with TryRLock: it may run inside WritePackets (a
+// filter's inject, resolved at once), which holds the read lock, and a
+// second RLock with Shutdown waiting would deadlock. Failing means
+// Shutdown is under way: the packet is dropped.
+//
+// +checklocksignore: TryRLock.
+func (e *endpoint) sendInjected(v6 bool, m *mbuf.Mbuf, mac [6]byte) {
+	if !e.mu.TryRLock() {
+		m.Free()
+		return
+	}
+	defer e.mu.RUnlock()
+	if e.detached {
+		m.Free()
+		return
+	}
+	var frags []*mbuf.Mbuf
+	e.sendIP(v6, m, mac[:], 0, &frags)
 }

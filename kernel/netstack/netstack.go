@@ -373,13 +373,7 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 	// IP packets that pass filters collect in sc (taken on first use) and
 	// go out, filtered, when the list is done.
 	var sc *outScratch
-	defer func() {
-		if sc != nil {
-			e.flushOut(sc, false)
-			e.flushOut(sc, true)
-			e.outPool.Put(sc)
-		}
-	}()
+	defer e.endWrite(&sc)
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
 		size := pkt.Size()
