@@ -516,7 +516,7 @@ func TestIPFilterDetachWhileFlowing(t *testing.T) {
 		f := &recorder{name: fmt.Sprintf("f%d", i), mu: &sync.Mutex{}}
 		all = append(all, f)
 		a := attach(t, r.s, family(i%2 == 1), f, nke.Order{})
-		for j := 0; j < 1000 && len(f.seen) == 0; j++ {
+		for j := 0; j < 1000; j++ {
 			f.mu.Lock()
 			n := len(f.seen)
 			f.mu.Unlock()
