@@ -20,6 +20,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/nke-harness/nke/kernel/hook"
 	"github.com/nke-harness/nke/kernel/ifnet"
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/mbuf"
@@ -31,6 +32,8 @@ type Config struct {
 	Addr netip.Prefix
 	// Gateway is the default router; invalid means no default route.
 	Gateway netip.Addr
+	// Logf, if set, reports IP filters that panicked.
+	Logf func(format string, args ...any)
 }
 
 // NICID is the stack's id for the one interface.
@@ -55,7 +58,12 @@ func New(ifp *ifnet.Interface, cfg Config) (*Stack, error) {
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 		HandleLocal:        true,
 	})
-	ep := &endpoint{ifp: ifp, pool: ifp.Pool()}
+	ep := &endpoint{ifp: ifp, pool: ifp.Pool(), stk: s}
+	logf := cfg.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	ep.initIPPath(func(f hook.Fault) { logf("%s\n%s", f, f.Stack) })
 	mac := ifp.MAC()
 	if err := s.CreateNICWithOptions(NICID, ep, stack.NICOptions{Name: ifp.Name()}); err != nil {
 		return nil, fmt.Errorf("netstack: create NIC: %s", err)
@@ -113,6 +121,8 @@ func netipMask(bits int) []byte {
 func (s *Stack) Shutdown() {
 	s.ep.detach()
 	s.Stack.Destroy()
+	s.ep.rxReas.flush()
+	s.ep.txReas.flush()
 }
 
 // Config returns the addressing the stack was built with.
@@ -183,6 +193,10 @@ type endpoint struct {
 	inet, arp, inet6 nke.ProtocolAttachment
 
 	rxDelivered, rxMalformed, txNoBufs, txTooBig atomic.Uint64
+
+	// stk is the stack, for inject's routes.
+	stk *stack.Stack
+	ipPath
 }
 
 var _ stack.LinkEndpoint = (*endpoint)(nil)
@@ -223,8 +237,18 @@ var (
 	_ nke.ProtocolSendARP          = (*proto)(nil)
 )
 
-// ProtoInputBurst hands a run of received packets to the stack.
+// ProtoInputBurst hands a run of received packets to the stack: IPv4 and
+// IPv6 through reassembly and the IP input filters (ipInput), ARP
+// directly.
 func (p *proto) ProtoInputBurst(_ nke.Interface, pkts []*mbuf.Mbuf, frames [][]byte) {
+	switch p.etherType {
+	case ifnet.EtherTypeIPv4:
+		p.ep.ipInput(false, pkts, frames)
+		return
+	case ifnet.EtherTypeIPv6:
+		p.ep.ipInput(true, pkts, frames)
+		return
+	}
 	for i, m := range pkts {
 		p.ep.deliver(m, frames[i])
 	}
@@ -346,6 +370,10 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 	if e.detached {
 		return 0, &tcpip.ErrClosedForSend{}
 	}
+	// IP packets that pass filters collect in sc (taken on first use) and
+	// go out, filtered, when the list is done.
+	var sc *outScratch
+	defer e.endWrite(&sc)
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
 		size := pkt.Size()
@@ -368,17 +396,17 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		for _, s := range pkt.AsSlices() {
 			off += m.CopyBack(off, s)
 		}
-		var a nke.ProtocolAttachment
+		dst := pkt.EgressRoute.RemoteLinkAddress
+		var err error
 		switch pkt.NetworkProtocolNumber {
 		case ipv4.ProtocolNumber:
-			a = e.inet
+			err = e.writeIP(&sc, false, m, dst)
 		case arp.ProtocolNumber:
-			a = e.arp
+			err = e.arp.Output(m, []byte(dst))
 		default:
-			a = e.inet6
+			err = e.writeIP(&sc, true, m, dst)
 		}
-		dst := pkt.EgressRoute.RemoteLinkAddress
-		if err := a.Output(m, []byte(dst)); err != nil {
+		if err != nil {
 			if n == 0 {
 				return 0, &tcpip.ErrNoBufferSpace{}
 			}
