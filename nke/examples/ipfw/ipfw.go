@@ -37,7 +37,11 @@
 // rule with ports matches only TCP and UDP packets whose ports can be
 // read: never a non-first fragment (the input hook sees reassembled
 // packets and the output hook packets before fragmentation, so that is
-// rare) nor a packet cut short inside its ports.
+// rare) nor a packet cut short inside its ports; likewise a rule on
+// addresses never matches a packet shorter than the fixed IP header. A
+// block verdict is nke.Drop (the hook frees the packet and counts the drop
+// against the filter), a pass nke.Continue: the filters after this one
+// still see the packet.
 package ipfw
 
 import (
@@ -109,7 +113,7 @@ func (fw *Firewall) BurstSpecs(name string) []nke.IPFilterSpec {
 	}
 }
 
-// Filter is the per-packet filter of one family.
+// Filter is the per-packet filter of one family, as Specs returns it.
 type Filter struct {
 	fw *Firewall
 	v6 bool
@@ -131,7 +135,8 @@ func (f *Filter) FilterIPOutput(m **mbuf.Mbuf) nke.Verdict {
 	return rs.decide(&p, dirOut)
 }
 
-// BurstFilter is the burst filter of one family.
+// BurstFilter is the burst filter of one family, as BurstSpecs returns
+// it.
 type BurstFilter struct {
 	fw *Firewall
 	v6 bool

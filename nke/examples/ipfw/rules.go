@@ -197,7 +197,10 @@ func (e *ParseError) Unwrap() error { return e.Err }
 //	ports    = 0..65535 [ "-" 0..65535 ]               (tcp and udp only)
 //
 // The parts of a rule come in this order, each at most once. A rule's
-// addresses must be of one family. "default" may be given once.
+// addresses must be of one family; an address without /bits is a host
+// (/32 or /128). proto is the protocol number after any IPv6 extension
+// headers: icmp is 1 (ICMPv4), icmp6 is 58, and an IPv6 ICMP packet is
+// icmp6 only. "default" may be given once. Keywords are lower case.
 func Parse(text string) (Rules, error) {
 	var rs Rules
 	stmt, sawDefault := 0, false
