@@ -58,6 +58,5 @@ func (g *Guest) stopNKEs() {
 	g.nkes = nil
 }
 
-// ipHook is where IP filters attach: none yet (the stack's IP filter
-// hook lands with the IP filter layer).
-func (g *Guest) ipHook() nke.IPHook { return nil }
+// ipHook is where IP filters attach: the stack.
+func (g *Guest) ipHook() nke.IPHook { return g.st }

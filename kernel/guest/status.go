@@ -32,11 +32,13 @@ type Status struct {
 // NKEStatus is every hook of the data path with what is attached to it
 // and its counters, and the NKEs started at boot.
 type NKEStatus struct {
-	Started   []StartedNKE         `json:"started"`
-	RawHooks  []ifnet.FilterStatus `json:"raw_hooks"`
-	Filters   []ifnet.FilterStatus `json:"interface_filters"`
-	Protocols []ifnet.ProtoStatus  `json:"protocols"`
-	Unclaimed []ifnet.Unclaimed    `json:"unclaimed"`
+	Started   []StartedNKE              `json:"started"`
+	RawHooks  []ifnet.FilterStatus      `json:"raw_hooks"`
+	Filters   []ifnet.FilterStatus      `json:"interface_filters"`
+	Protocols []ifnet.ProtoStatus       `json:"protocols"`
+	Unclaimed []ifnet.Unclaimed         `json:"unclaimed"`
+	IPFilters []netstack.IPFilterStatus `json:"ip_filters"`
+	IP        netstack.IPStats          `json:"ip"`
 }
 
 // StartedNKE is an NKE the guest started.
@@ -136,7 +138,8 @@ func (g *Guest) Status() Status {
 }
 
 func (g *Guest) nkeStatus() NKEStatus {
-	s := NKEStatus{RawHooks: g.ifp.RawHooks(), Filters: g.ifp.Filters(), Protocols: g.ifp.Protocols(), Unclaimed: g.ifp.Unclaimed()}
+	s := NKEStatus{RawHooks: g.ifp.RawHooks(), Filters: g.ifp.Filters(), Protocols: g.ifp.Protocols(), Unclaimed: g.ifp.Unclaimed(),
+		IPFilters: g.st.IPFilters(), IP: g.st.IPStats()}
 	for _, n := range g.nkes {
 		s.Started = append(s.Started, StartedNKE{Name: n.mod.Name, ID: n.mod.ID, Args: n.args})
 	}
@@ -216,6 +219,9 @@ func writeNKEs(w io.Writer, s NKEStatus) {
 	}
 	for _, p := range s.Protocols {
 		row("protocol", p.Name+" ("+strings.Join(p.Demux, ",")+")", p.Counters)
+	}
+	for _, f := range s.IPFilters {
+		row("ip", f.Name+" ("+f.Family+")", f.Counters)
 	}
 	for _, u := range s.Unclaimed {
 		fmt.Fprintf(w, "unclaimed  %s %#x: %d frames\n", u.Kind, u.Value, u.Count)

@@ -11,10 +11,11 @@ import (
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/examples/etherecho"
 	"github.com/nke-harness/nke/nke/examples/ethlog"
+	"github.com/nke-harness/nke/nke/examples/ipfw"
 )
 
 // Modules are the built-in NKEs.
-var Modules = []nke.Module{ethlog.Module, etherecho.Module}
+var Modules = []nke.Module{ethlog.Module, etherecho.Module, ipfw.Module}
 
 // Lookup finds a module by its short name or bundle id.
 func Lookup(name string) (nke.Module, error) {

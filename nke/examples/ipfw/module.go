@@ -1,0 +1,48 @@
+package ipfw
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/nke-harness/nke/nke"
+)
+
+// Name is the firewall's filter name.
+const Name = "com.example.ipfw"
+
+// Module attaches the firewall to IPv4 and IPv6 with the rules in its
+// args (the nke.ipfw setting: rules separated by ';'), and logs each rule
+// with its hit count when stopped.
+var Module = nke.Module{
+	Name: "ipfw",
+	ID:   Name,
+	Doc:  "an IP firewall: rules on direction, protocol, address and port",
+	Start: func(k nke.Kernel, args string) (func() error, error) {
+		rules, err := Parse(args)
+		if err != nil {
+			return nil, err
+		}
+		ip := k.IP()
+		if ip == nil {
+			return nil, errors.New("ipfw: the guest has no IP layer to filter")
+		}
+		fw := New(rules)
+		var d nke.Detacher
+		for _, s := range fw.Specs(Name) {
+			a, err := ip.AttachIPFilter(s)
+			if err != nil {
+				d.DetachAll()
+				return nil, err
+			}
+			d.Add(a)
+		}
+		k.Logf("rules: %s", strings.ReplaceAll(strings.TrimSpace(rules.String()), "\n", "; "))
+		return func() error {
+			d.DetachAll()
+			for _, s := range fw.Stats() {
+				k.Logf("%d hits: %s", s.Hits, s.Rule)
+			}
+			return nil
+		}, nil
+	},
+}
