@@ -117,7 +117,7 @@ func TestChurnNKE(t *testing.T) {
 		t.Errorf("pools after the traffic: %+v, before %+v", after.Pool, before.Pool)
 	}
 	g.vm.Console.Send(hostvm.PoweroffLine)
-	line := g.expectLine("calls after detached", 60*time.Second)
+	line := g.expectLine("attach failures", 60*time.Second)
 	if !strings.Contains(line, " 0 calls after detached, 0 attach failures") {
 		t.Errorf("churn: %s", line[strings.LastIndex(line, "churn:"):])
 	}
