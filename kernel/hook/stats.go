@@ -39,14 +39,28 @@ type Burst struct {
 	Verdicts       [nke.NumVerdicts]uint64
 }
 
-// Add records a burst on lane l (0 to MaxLanes-1).
+// Add records a burst on lane l (0 to MaxLanes-1). A lane below
+// SharedLane has one writer, the poll loop that owns it, which adds with
+// a plain load and store (no locked instruction: a burst's counters cost
+// a few cycles); SharedLane's writers add atomically.
 func (s *Stats) Add(l int, b *Burst) {
 	ln := &s.lanes[l]
-	ln.packets.Add(b.Packets)
-	ln.bytes.Add(b.Bytes)
-	for v, n := range b.Verdicts {
-		if n != 0 {
-			ln.verdicts[v].Add(n)
+	if l == SharedLane {
+		ln.packets.Add(b.Packets)
+		ln.bytes.Add(b.Bytes)
+		for v := nke.Continue + 1; v < nke.NumVerdicts; v++ {
+			if n := b.Verdicts[v]; n != 0 {
+				ln.verdicts[v].Add(n)
+			}
+		}
+		return
+	}
+	ln.packets.Store(ln.packets.Load() + b.Packets)
+	ln.bytes.Store(ln.bytes.Load() + b.Bytes)
+	// Continue is what the others leave: Read derives it.
+	for v := nke.Continue + 1; v < nke.NumVerdicts; v++ {
+		if n := b.Verdicts[v]; n != 0 {
+			ln.verdicts[v].Store(ln.verdicts[v].Load() + n)
 		}
 	}
 }
@@ -76,11 +90,15 @@ func (s *Stats) Read() Counters {
 	var sampled, ns uint64
 	for i := range s.lanes {
 		ln := &s.lanes[i]
-		c.Packets += ln.packets.Load()
+		// Verdicts before packets: a writer adds packets first, so
+		// what is read here never has more stopped than counted.
+		sw, dr := ln.verdicts[nke.Swallow].Load(), ln.verdicts[nke.Drop].Load()
+		p := ln.packets.Load()
+		c.Packets += p
 		c.Bytes += ln.bytes.Load()
-		c.Continue += ln.verdicts[nke.Continue].Load()
-		c.Swallow += ln.verdicts[nke.Swallow].Load()
-		c.Drop += ln.verdicts[nke.Drop].Load()
+		c.Swallow += sw
+		c.Drop += dr
+		c.Continue += p - sw - dr
 		sampled += ln.sampled.Load()
 		ns += ln.ns.Load()
 	}

@@ -146,7 +146,8 @@ func (s *Stack) IPFilters() []IPFilterStatus {
 // input; senders and injectors take one from a pool.
 type ipVec struct {
 	pkts     []*mbuf.Mbuf
-	orig     []*mbuf.Mbuf // the packets as a filter got them
+	orig     []*mbuf.Mbuf // the packets as the next filter gets them
+	bytes    int          // the sum of lens over the vector
 	offs     []int
 	protos   []uint8
 	lens     []int
@@ -167,6 +168,7 @@ func newIPVec(n int) *ipVec {
 func (v *ipVec) keep(i, j int) {
 	if i != j {
 		v.pkts[j], v.offs[j], v.protos[j], v.lens[j] = v.pkts[i], v.offs[i], v.protos[i], v.lens[i]
+		v.orig[j] = v.orig[i]
 		v.links[j], v.dsts[j], v.ids[j] = v.links[i], v.dsts[i], v.ids[i]
 	}
 }
@@ -186,6 +188,13 @@ const gone = nke.Verdict(255)
 // swallowed ones are the filter's. It is the one way packets pass IP
 // filters: the data path starts at 0, inject after its reference.
 func (e *endpoint) runFilters(s *hook.Snapshot[*ipFilter], from int, v *ipVec, n int, out bool, lane int) int {
+	// What each filter gets, to see what it replaced, and the vector's
+	// bytes: set once per burst, kept up to date by runFilter.
+	copy(v.orig[:n], v.pkts[:n])
+	v.bytes = 0
+	for _, l := range v.lens[:n] {
+		v.bytes += l
+	}
 	for i := from; i < len(s.Entries) && n > 0; i++ {
 		if en := s.Entries[i]; en.Filter.has(out) {
 			n = e.runFilter(en, v, n, out, lane)
@@ -197,16 +206,38 @@ func (e *endpoint) runFilters(s *hook.Snapshot[*ipFilter], from int, v *ipVec, n
 func (e *endpoint) runFilter(en *hook.Entry[*ipFilter], v *ipVec, n int, out bool, lane int) int {
 	verdicts := v.verdicts[:n]
 	clear(verdicts) // Continue
-	copy(v.orig[:n], v.pkts[:n])
-	bytes := 0
-	for _, l := range v.lens[:n] {
-		bytes += l
-	}
 	faulted := e.callFilter(en, v, n, out, lane)
-	stopped := account(en, lane, n, bytes, verdicts, faulted)
-	// A replaced packet is parsed again for the filters after this one.
-	for i := 0; i < n; i++ {
-		if m := v.pkts[i]; m != v.orig[i] && verdicts[i] == nke.Continue {
+	// One pass: fix up and count the verdicts (a fault drops the packet
+	// being handled, or the burst, and passes those after it; anything
+	// not a verdict drops), and parse again a replaced packet for the
+	// filters after this one.
+	var b hook.Burst
+	b.Packets, b.Bytes = uint64(n), uint64(v.bytes)
+	stopped, counted := 0, 0
+	pkts, orig := v.pkts[:n], v.orig[:n]
+	for i := range verdicts {
+		vd := verdicts[i]
+		if faulted >= 0 {
+			switch {
+			case faulted >= n || i == faulted:
+				vd = nke.Drop
+			case i > faulted:
+				vd = nke.Continue // the filter, gone, never saw it
+			}
+		}
+		if vd != nke.Continue {
+			if vd > nke.Drop {
+				vd = nke.Drop
+			}
+			verdicts[i] = vd
+			stopped++
+			counted++
+			b.Verdicts[vd]++
+			continue
+		}
+		if m := pkts[i]; m != orig[i] {
+			orig[i] = m
+			v.bytes -= v.lens[i]
 			if m == nil || !v.reparse(i, en.Filter.fam == nke.IPv6) {
 				verdicts[i] = gone // nothing valid to pass on
 				e.ipc.malformed.Add(1)
@@ -214,9 +245,13 @@ func (e *endpoint) runFilter(en *hook.Entry[*ipFilter], v *ipVec, n int, out boo
 					m.Free()
 				}
 				stopped++
+				continue
 			}
+			v.bytes += v.lens[i]
 		}
 	}
+	b.Verdicts[nke.Continue] = b.Packets - uint64(counted)
+	en.Stats.Add(lane, &b)
 	if stopped == 0 {
 		return n
 	}
@@ -230,9 +265,12 @@ func (e *endpoint) runFilter(en *hook.Entry[*ipFilter], v *ipVec, n int, out boo
 		case nke.Drop:
 			v.pkts[i].Free()
 			e.ipc.dropped.Add(1)
+			v.bytes -= v.lens[i]
 		case nke.Swallow:
 			e.ipc.swallowed.Add(1)
+			v.bytes -= v.lens[i]
 		}
+		// gone: freed, counted and its bytes taken off above.
 		v.pkts[i] = nil // gone: already freed and counted
 	}
 	for i := j; i < n; i++ {
@@ -294,37 +332,6 @@ func (e *endpoint) callFilter(en *hook.Entry[*ipFilter], v *ipVec, n int, out bo
 		}
 	}
 	return -1
-}
-
-// account fixes up the verdicts of a call over k packets (a fault drops
-// the packet being handled, or the burst, and passes those after it;
-// anything not a verdict drops), adds them to the filter's counters and
-// returns how many packets stopped.
-func account(en *hook.Entry[*ipFilter], lane, k, bytes int, verdicts []nke.Verdict, faulted int) int {
-	var b hook.Burst
-	b.Packets, b.Bytes = uint64(k), uint64(bytes)
-	stopped := 0
-	for i, vd := range verdicts {
-		if faulted >= 0 {
-			switch {
-			case faulted >= k || i == faulted:
-				vd = nke.Drop
-			case i > faulted:
-				vd = nke.Continue // the filter, gone, never saw it
-			}
-		}
-		if vd != nke.Continue {
-			if vd > nke.Drop {
-				vd = nke.Drop
-			}
-			verdicts[i] = vd
-			stopped++
-			b.Verdicts[vd]++
-		}
-	}
-	b.Verdicts[nke.Continue] = b.Packets - uint64(stopped)
-	en.Stats.Add(lane, &b)
-	return stopped
 }
 
 // position is ref's index in s, for inject: -1 with no ref, an error when
