@@ -39,28 +39,16 @@ type Burst struct {
 	Verdicts       [nke.NumVerdicts]uint64
 }
 
-// Add records a burst on lane l (0 to MaxLanes-1). A lane below
-// SharedLane has one writer, the poll loop that owns it, which adds with
-// a plain load and store (no locked instruction: a burst's counters cost
-// a few cycles); SharedLane's writers add atomically.
+// Add records a burst on lane l (0 to MaxLanes-1): two atomic adds, and
+// one more for each of swallow and drop that happened. Continue is what
+// the others leave, derived by Read.
 func (s *Stats) Add(l int, b *Burst) {
 	ln := &s.lanes[l]
-	if l == SharedLane {
-		ln.packets.Add(b.Packets)
-		ln.bytes.Add(b.Bytes)
-		for v := nke.Continue + 1; v < nke.NumVerdicts; v++ {
-			if n := b.Verdicts[v]; n != 0 {
-				ln.verdicts[v].Add(n)
-			}
-		}
-		return
-	}
-	ln.packets.Store(ln.packets.Load() + b.Packets)
-	ln.bytes.Store(ln.bytes.Load() + b.Bytes)
-	// Continue is what the others leave: Read derives it.
+	ln.packets.Add(b.Packets)
+	ln.bytes.Add(b.Bytes)
 	for v := nke.Continue + 1; v < nke.NumVerdicts; v++ {
 		if n := b.Verdicts[v]; n != 0 {
-			ln.verdicts[v].Store(ln.verdicts[v].Load() + n)
+			ln.verdicts[v].Add(n)
 		}
 	}
 }
