@@ -79,3 +79,49 @@ func FuzzClassify(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDemuxDesc: a descriptor that passes Check claims exactly the frames
+// that carry it: a frame built to carry it classifies to its key, and its
+// key gives back its kind and bytes.
+func FuzzDemuxDesc(f *testing.F) {
+	f.Add(uint8(nke.DemuxEtherType), []byte{0x88, 0xb5})
+	f.Add(uint8(nke.DemuxSAP), []byte{0x42, 0x42, 0x03})
+	f.Add(uint8(nke.DemuxSNAP), []byte{0x00, 0x00, 0x0c, 0x20, 0x00})
+	f.Add(uint8(nke.DemuxSAP), []byte{0xaa, 0xaa, 0x03})
+	f.Add(uint8(nke.DemuxEtherType), []byte{0x05, 0xdc})
+	f.Add(uint8(9), []byte{1})
+	f.Fuzz(func(t *testing.T, kind uint8, data []byte) {
+		d := nke.DemuxDesc{Kind: nke.DemuxKind(kind), Data: data}
+		_ = d.String()
+		if d.Check() != nil {
+			return
+		}
+		frame := make([]byte, 12, 64)
+		switch d.Kind {
+		case nke.DemuxEtherType:
+			frame = append(frame, data...)
+		case nke.DemuxSAP:
+			frame = append(frame, 0, 3+40)
+			frame = append(frame, data...)
+		case nke.DemuxSNAP:
+			frame = append(frame, 0, 8+40)
+			frame = append(frame, 0xaa, 0xaa, 0x03)
+			frame = append(frame, data...)
+		}
+		frame = append(frame, make([]byte, 40)...)
+		k, ok := classify(frame)
+		if !ok || k != keyOf(d) {
+			t.Fatalf("%v: a frame carrying it classifies to %#x, %v; its key is %#x", d, k, ok, keyOf(d))
+		}
+		if nke.DemuxKind(k>>56) != d.Kind {
+			t.Fatalf("%v: key %#x has kind %d", d, k, k>>56)
+		}
+		var back []byte
+		for i := len(data) - 1; i >= 0; i-- {
+			back = append([]byte{byte(k >> (8 * uint(len(data)-1-i)))}, back...)
+		}
+		if string(back) != string(data) {
+			t.Fatalf("%v: key %#x gives back % x", d, k, back)
+		}
+	})
+}

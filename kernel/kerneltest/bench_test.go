@@ -20,7 +20,9 @@ func (passIn) FilterInput(nke.Interface, uint16, **mbuf.Mbuf, []byte) nke.Verdic
 // as the bare driver loop does.
 type sinkBurst struct{}
 
-func (sinkBurst) ProtoInputBurst(_ nke.Interface, pkts []*mbuf.Mbuf, _ [][]byte) { mbuf.FreeBatch(pkts) }
+func (sinkBurst) ProtoInputBurst(_ nke.Interface, pkts []*mbuf.Mbuf, _ [][]byte) {
+	mbuf.FreeBatch(pkts)
+}
 func (sinkBurst) ProtoPreOutput(nke.Interface, **mbuf.Mbuf, []byte) (uint16, [6]byte, error) {
 	return 0x88b5, [6]byte{}, nil
 }
