@@ -66,6 +66,7 @@ func StampInjection(m *mbuf.Mbuf, injector uint64) (Provenance, error) {
 	}
 	p.Injector = injector
 	p.Generation++
+	m.ClearHolder() // back with the kernel
 	if err := mbuf.TagPut(m, provenanceTag, provenanceType, p); err != nil {
 		return p, fmt.Errorf("nke: tag the injected packet: %w", err)
 	}

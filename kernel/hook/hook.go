@@ -34,6 +34,7 @@ import (
 	"sync/atomic"
 
 	"github.com/nke-harness/nke/nke"
+	"github.com/nke-harness/nke/nke/mbuf"
 )
 
 // Policy is a hook's default order, for filters no constraint or priority
@@ -186,6 +187,14 @@ func (e *Entry[F]) finish() {
 		go func() {
 			if e.detached != nil {
 				e.detached()
+			}
+			// What it swallowed and never gave back is freed now.
+			if n := mbuf.ReclaimHeld(e.ID); n > 0 {
+				e.Stats.reclaimed.Add(uint64(n))
+				if e.chain.report != nil {
+					e.chain.report(Fault{Hook: e.chain.name, Filter: e.Name,
+						Value: fmt.Sprintf("detached holding %d swallowed packets it never re-injected or freed: freed them", n)})
+				}
 			}
 			close(e.done)
 		}()

@@ -20,8 +20,9 @@ const SampleEvery = 64
 // Stats are one filter's counters, always on. A dispatch loop adds a
 // burst's worth at a time with Add; Read sums the lanes.
 type Stats struct {
-	lanes  [MaxLanes]lane
-	faults atomic.Uint64
+	lanes     [MaxLanes]lane
+	faults    atomic.Uint64
+	reclaimed atomic.Uint64 // swallowed packets freed at detach
 }
 
 type lane struct {
@@ -68,6 +69,9 @@ type Counters struct {
 	Swallow  uint64 `json:"swallow"`
 	Drop     uint64 `json:"drop"`
 	Faults   uint64 `json:"faults"`
+	// Reclaimed counts packets the filter swallowed and still held when
+	// it was detached, freed by the kernel.
+	Reclaimed uint64 `json:"reclaimed,omitempty"`
 	// NsPerPacket is the sampled cost of the filter per packet.
 	NsPerPacket float64 `json:"ns_per_packet"`
 }
@@ -91,6 +95,7 @@ func (s *Stats) Read() Counters {
 		ns += ln.ns.Load()
 	}
 	c.Faults = s.faults.Load()
+	c.Reclaimed = s.reclaimed.Load()
 	if sampled > 0 {
 		c.NsPerPacket = float64(ns) / float64(sampled)
 	}

@@ -233,6 +233,7 @@ func (ifp *Interface) runInput(e *hook.Entry[*ifFilter], n int) int {
 			v.pkts[i].Free()
 			ifp.stats.rxFilterDrops.Add(1)
 		case nke.Swallow:
+			v.pkts[i].SetHolder(e.ID)
 			ifp.stats.rxSwallowed.Add(1)
 		}
 		v.bytes -= v.lens[i]
@@ -392,6 +393,7 @@ func (ifp *Interface) runOutput(e *hook.Entry[*ifFilter], pkts []*mbuf.Mbuf) int
 			m.Free()
 			ifp.stats.txFilterDrops.Add(1)
 		case nke.Swallow:
+			m.SetHolder(e.ID)
 			ifp.stats.txSwallowed.Add(1)
 		}
 	}

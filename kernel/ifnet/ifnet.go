@@ -255,6 +255,7 @@ func (ifp *Interface) LinkUp() bool { return ifp.link.Load() }
 // loop. It always takes ownership of m; a full queue drops it (counted) and
 // returns ErrNoBufs.
 func (ifp *Interface) Output(m *mbuf.Mbuf) error {
+	m.ClearHolder() // a swallowed packet sent on is the kernel's again
 	n := m.PktLen()
 	if !ifp.txq.Enqueue(m) {
 		m.Free()

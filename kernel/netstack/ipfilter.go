@@ -267,6 +267,7 @@ func (e *endpoint) runFilter(en *hook.Entry[*ipFilter], v *ipVec, n int, out boo
 			e.ipc.dropped.Add(1)
 			v.bytes -= v.lens[i]
 		case nke.Swallow:
+			v.pkts[i].SetHolder(en.ID)
 			e.ipc.swallowed.Add(1)
 			v.bytes -= v.lens[i]
 		}

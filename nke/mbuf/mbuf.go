@@ -40,6 +40,8 @@ type Mbuf struct {
 	next *Mbuf  // next buffer of the same packet
 	pool *Pool
 	refs atomic.Int32
+	// holder is the attachment holding a swallowed packet (holder.go).
+	holder atomic.Uint64
 
 	// Flags describe the packet (first buffer only).
 	Flags Flags
@@ -276,6 +278,7 @@ func NewPool(a dma.Allocator, name string, count, bufSize, headroom int) (*Pool,
 		m.buf, m.addr, m.pool = b.Buf, b.Addr, p
 		p.free = append(p.free, m)
 	}
+	register(p)
 	return p, nil
 }
 
@@ -373,6 +376,7 @@ func (p *Pool) AllocPacket(n int) *Mbuf {
 
 func (p *Pool) init(m *Mbuf) {
 	m.off, m.n, m.next = p.headroom, 0, nil
+	m.ClearHolder()
 	m.resetHdr()
 	m.refs.Store(1)
 }
