@@ -7,9 +7,11 @@ import (
 	"github.com/nke-harness/nke/nke/mbuf"
 )
 
-// Injection provenance: every packet a filter injects (Apple's
-// ifnet_input, ifnet_output_raw, ipf_inject_*) carries a tag saying who
-// injected it last and how many injections deep it is. A filter
+// Injection provenance: every packet a filter injects at the interface
+// layer (Apple's ifnet_input, ifnet_output_raw: Link.InjectInput and
+// InjectOutput) carries a tag saying who injected it last and how many
+// injections deep it is. IP injection (ipf_inject_*) records none yet: it
+// resumes after the reference filter by position instead. A filter
 // recognises its own re-injected packets by the attachment id (Apple makes
 // each filter invent its own tag for that), and a re-injection loop is
 // stopped at MaxInjections instead of spinning forever.

@@ -5,7 +5,7 @@
 // with the filter, the direction and the verdict.
 //
 //	r := capture.NewRing(1024, 256)
-//	ifp.Capture(r)      // and stack.CaptureIP(r)
+//	ifp.Capture(r)      // the IP filter chains have no capture points yet
 //	...
 //	ifp.Capture(nil)
 //	r.WritePcapng(f)

@@ -46,7 +46,8 @@ import (
 // Both directions of a family share one chain, newest first (hook.LIFO)
 // unless Order says otherwise. Inject resumes a chain after a filter:
 // everything goes through runFilters, which runs the chain from an index,
-// the one place where provenance and a hop limit belong.
+// the one place where provenance and a hop limit belong (neither is
+// recorded for IP injection yet).
 //
 // Packets gVisor loops back to itself (HandleLocal) never reach the link
 // endpoint and pass no IP filter; Apple's go through lo0 and do.
