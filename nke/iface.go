@@ -110,6 +110,10 @@ func (s InterfaceFilterSpec) Check() error {
 	if err := CheckName(s.Name); err != nil {
 		return err
 	}
+	if s.Protocol != 0 && s.Protocol < 0x0600 {
+		// Below 0x600 the field is an 802.3 length, never a type.
+		return fmt.Errorf("nke: interface filter %s: protocol %#04x is not an EtherType (0 for all, or 0x0600 and up)", s.Name, s.Protocol)
+	}
 	switch s.Filter.(type) {
 	case InputFilter, OutputFilter, InputBurstFilter, OutputBurstFilter, EventFilter, IoctlFilter:
 		return nil

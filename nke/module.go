@@ -24,6 +24,15 @@ type Link interface {
 	// InjectOutput sends a whole Ethernet frame (ifnet_output_raw)
 	// through every interface filter's output. m is consumed.
 	InjectOutput(m *mbuf.Mbuf, from Attachment) error
+	// Ioctl runs an interface ioctl through the filters, then the
+	// protocol attached for proto (ifnet_ioctl), with Apple's rules.
+	Ioctl(proto uint16, cmd uint32, arg []byte) error
+	// ResolveMulticast maps a multicast address of the protocol attached
+	// for etherType to a link address (ifnet_resolve_multicast).
+	ResolveMulticast(etherType uint16, addr []byte) ([6]byte, error)
+	// SendARP has the protocol attached for etherType send an ARP
+	// packet (ifnet_send_arp).
+	SendARP(etherType, op uint16, senderHW [6]byte, senderIP []byte, targetHW [6]byte, targetIP []byte) error
 }
 
 // Kernel is what the guest offers an NKE when it starts it: the hook

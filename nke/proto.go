@@ -91,8 +91,9 @@ type (
 	ProtocolEvent interface {
 		ProtoEvent(ifp Interface, ev Event)
 	}
-	// ProtocolIoctl sees ioctls for the protocol (nil handled,
-	// ErrNotMine not handled, another error returned).
+	// ProtocolIoctl sees ioctls for the protocol after the interface
+	// filters (nil or ErrSwallowed: handled; ErrNotMine: not handled;
+	// another error is returned to the caller).
 	ProtocolIoctl interface {
 		ProtoIoctl(ifp Interface, cmd uint32, arg []byte) error
 	}

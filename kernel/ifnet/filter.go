@@ -79,6 +79,7 @@ type filterVec struct {
 	lens     []int // each packet's length as the filters got it
 	bytes    int   // their sum over the vector
 	ets      []uint16
+	keys     []demuxKey // what demux found, for frames no protocol claims
 	ps       []*hook.Entry[*ifProto]
 	frames   [][]byte
 	frameBuf [][ethHdrLen]byte
@@ -96,7 +97,7 @@ const ethHdrLen = 14
 
 func newFilterVec(burst int) filterVec {
 	v := filterVec{
-		pkts: make([]*mbuf.Mbuf, burst), lens: make([]int, burst), ets: make([]uint16, burst), ps: make([]*hook.Entry[*ifProto], burst),
+		pkts: make([]*mbuf.Mbuf, burst), lens: make([]int, burst), ets: make([]uint16, burst), keys: make([]demuxKey, burst), ps: make([]*hook.Entry[*ifProto], burst),
 		frames: make([][]byte, burst), frameBuf: make([][ethHdrLen]byte, burst),
 		sel: make([]int, burst), selPkts: make([]*mbuf.Mbuf, burst), selFrame: make([][]byte, burst),
 		verdicts: make([]nke.Verdict, burst), raw: make([]nke.RawVerdict, burst),
@@ -154,7 +155,7 @@ func (ifp *Interface) captureAll(e string, chain string, dir hook.Dir, pkts []*m
 func (ifp *Interface) keep(i, j int) {
 	v := &ifp.fv
 	if i != j {
-		v.pkts[j], v.lens[j], v.ets[j], v.ps[j] = v.pkts[i], v.lens[i], v.ets[i], v.ps[i]
+		v.pkts[j], v.lens[j], v.ets[j], v.ps[j], v.keys[j] = v.pkts[i], v.lens[i], v.ets[i], v.ps[i], v.keys[i]
 		v.frameBuf[j] = v.frameBuf[i]
 		v.frames[j] = v.frameBuf[j][:]
 	}

@@ -530,9 +530,12 @@ func (ifp *Interface) poll() bool {
 // input counts and demultiplexes a burst, runs it through the interface
 // filters, and hands each frame left to the protocol that claims it, data
 // at the network header, the Ethernet header beside it. A frame no
-// protocol claims is dropped and counted by what it was.
+// protocol claims is seen by the filters too (Apple's order: demux,
+// filters, then unmatched frames dropped) and then dropped and counted by
+// what it was.
 func (ifp *Interface) input(pkts []*mbuf.Mbuf) {
 	ps := ifp.protos.Acquire() // one snapshot per burst
+	filtering := !ifp.filters.Empty()
 	v := &ifp.fv
 	var bytes, unknown, short uint64
 	n := 0
@@ -546,7 +549,7 @@ func (ifp *Interface) input(pkts []*mbuf.Mbuf) {
 			continue
 		}
 		e := lookupProto(ps, k)
-		if e == nil {
+		if e == nil && !filtering {
 			unknown++
 			ifp.unclaimed.add(k)
 			m.Free()
@@ -555,14 +558,14 @@ func (ifp *Interface) input(pkts []*mbuf.Mbuf) {
 		v.frames[n] = m.Bytes()[:ethHdrLen:ethHdrLen]
 		m.Adj(ethHdrLen)
 		m.SetFrameHeader(-ethHdrLen)
-		v.pkts[n], v.ps[n], v.lens[n] = m, e, m.PktLen()
+		v.pkts[n], v.ps[n], v.lens[n], v.keys[n] = m, e, m.PktLen(), k
 		v.ets[n] = 0
 		if k>>56 == demuxKey(nke.DemuxEtherType) {
 			v.ets[n] = uint16(k)
 		}
 		n++
 	}
-	if n > 0 && !ifp.filters.Empty() {
+	if filtering && n > 0 {
 		n = ifp.filterInput(n)
 	}
 	// Runs of frames for the same protocol go to it in one call.
@@ -572,7 +575,15 @@ func (ifp *Interface) input(pkts []*mbuf.Mbuf) {
 		for j < n && v.ps[j] == e {
 			j++
 		}
-		ifp.deliver(e, v.pkts[i:j], v.frames[i:j], v.lens[i:j])
+		if e == nil {
+			for k := i; k < j; k++ {
+				unknown++
+				ifp.unclaimed.add(v.keys[k])
+				v.pkts[k].Free()
+			}
+		} else {
+			ifp.deliver(e, v.pkts[i:j], v.frames[i:j], v.lens[i:j])
+		}
 		i = j
 	}
 	clear(v.pkts[:n])

@@ -330,3 +330,24 @@ func TestProtoInputDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%v allocations per burst", a)
 	}
 }
+
+// Apple's input order is demux, the interface filters, then unmatched
+// frames dropped: a filter sees a frame no protocol claims (and may keep
+// it), the rest are dropped and counted after the filters.
+func TestFiltersSeeUnclaimedFrames(t *testing.T) {
+	r := newFilterRig(t)
+	f := &tagFilter{name: "f", verdicts: map[byte]nke.Verdict{2: nke.Swallow}}
+	attach(t, r, nke.InterfaceFilterSpec{Name: "f", Filter: f})
+	defer f.release()
+	r.wire(ethFrame(0x1234, 1, 60), ethFrame(0x1234, 2, 60), ethFrame(0x0800, 3, 60))
+	r.ifp.PollOnce()
+	if len(f.seen) != 3 || !cmp.Equal(f.protos, []uint16{0x1234, 0x1234, 0x0800}) {
+		t.Errorf("the filter saw %d frames of %x", len(f.seen), f.protos)
+	}
+	if diff := cmp.Diff([]Unclaimed{{Kind: "ethertype", Value: 0x1234, Count: 1}}, r.ifp.Unclaimed()); diff != "" {
+		t.Errorf("unclaimed (-want +got):\n%s", diff)
+	}
+	if len(r.got[0x0800]) != 1 || r.ifp.Stats().RxUnknown != 1 {
+		t.Errorf("IPv4 got %d, unknown %d", len(r.got[0x0800]), r.ifp.Stats().RxUnknown)
+	}
+}
