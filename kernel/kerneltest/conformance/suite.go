@@ -324,17 +324,19 @@ func detachLater(e *env, b Behaviour) {
 }
 
 func detachInside(e *env, b Behaviour) {
-	var self func() nke.Attachment
+	var mu sync.Mutex
+	var a nke.Attachment
 	b.OnCall = func(c Call) {
+		mu.Lock()
+		self := a
+		mu.Unlock()
 		if c.Marker == 2 {
-			self().Detach()
+			self.Detach()
 		}
 	}
-	// Self is set by attach; OnCall reads it through the same function.
-	bb := b
-	bb.Self = nil
-	a := e.mustAttach("conf.a", bb, nke.Order{})
-	self = func() nke.Attachment { return a }
+	mu.Lock()
+	a = e.mustAttach("conf.a", b, nke.Order{})
+	mu.Unlock()
 	e.send(1, 2, 3)
 	e.expect("detach from inside a callback: the burst goes on", 1, 2, 3)
 	e.checkDetached("detach from inside a callback", a)
@@ -408,7 +410,6 @@ func panicRule(e *env, b Behaviour) {
 	if d, _ := e.stops(); d-d0 != lost {
 		e.t.Errorf("%s: the layer counted %d drops, want %d", e.name, d-d0, lost)
 	}
-	_ = a
 }
 
 func injectProvenance(e *env, b Behaviour) {
