@@ -136,6 +136,11 @@ func TestLayeringRules(t *testing.T) {
 		{"kernel/kerneltest", "virtio/devmodel", true},
 		{"kernel/kerneltest", "nke/frametest", true},
 		{"kernel/guest", "kernel/kerneltest", false},
+		// Its subpackages (the conformance suite) are test support too.
+		{"kernel/kerneltest/conformance", "kernel/kerneltest", true},
+		{"kernel/kerneltest/conformance", "nke/frametest", true},
+		{"kernel/guest", "kernel/kerneltest/conformance", false},
+		{"nke/examples/ipfw", "kernel/kerneltest/conformance", false},
 		{"kernel/services", "kernel/kerneltest", false},
 		{"tools/nkeinit", "kernel/kerneltest", false},
 		{"nke/frametest", "nke", true},

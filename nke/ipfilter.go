@@ -95,12 +95,15 @@ type IPHook interface {
 	// InjectIPInput hands m (data at the IP header, a whole datagram) to
 	// the stack as if received. With ref (an attachment of this hook)
 	// the filters up to and including ref are skipped; with nil every
-	// input filter sees it again. On error m is still the caller's
+	// input filter sees it again. The injection is recorded in m's
+	// provenance (InjectedBy: ref's ID, 0 for nil); past MaxInjections
+	// it fails with ErrInjectLoop. On error m is still the caller's
 	// (Apple's rule for ipf_inject_input).
 	InjectIPInput(m *mbuf.Mbuf, ref Attachment) error
 	// InjectIPOutput sends m (data at the IP header) as if the stack
 	// had sent it: the filters after ref (all, with nil), then
-	// fragmentation, the link layer and the interface filters. m is
-	// consumed, error or not (Apple's rule for ipf_inject_output).
+	// fragmentation, the link layer and the interface filters.
+	// Provenance and hop limit as for InjectIPInput. m is consumed,
+	// error or not (Apple's rule for ipf_inject_output).
 	InjectIPOutput(m *mbuf.Mbuf, ref Attachment) error
 }

@@ -99,13 +99,21 @@ func (ifp *Interface) rawInput(pkts []*mbuf.Mbuf) int {
 }
 
 // callRaw calls one raw hook over frames; a panic detaches it and drops
-// the burst (the verdicts say drop).
+// what it was handling, as at every hook: the burst for the burst form,
+// the frame for the per-packet form (the frames before it keep their
+// verdicts, those after it pass, the hook never saw them).
 func (ifp *Interface) callRaw(e *hook.Entry[*rawFilter], frames [][]byte, verdicts []nke.RawVerdict) {
+	faulted := len(frames) // the burst form: all of them
 	defer func() {
 		if r := recover(); r != nil {
 			e.Fault(r)
 			for i := range verdicts {
-				verdicts[i] = nke.RawDrop
+				switch {
+				case faulted == len(frames) || i == faulted:
+					verdicts[i] = nke.RawDrop
+				case i > faulted:
+					verdicts[i] = nke.RawPass
+				}
 			}
 		}
 	}()
@@ -113,6 +121,7 @@ func (ifp *Interface) callRaw(e *hook.Entry[*rawFilter], frames [][]byte, verdic
 		f.burst.FilterRawBurst(ifp, frames, verdicts)
 	} else {
 		for i, fr := range frames {
+			faulted = i
 			verdicts[i] = f.one.FilterRaw(ifp, fr)
 		}
 	}

@@ -69,9 +69,23 @@ func (f *rawBurst) FilterRawBurst(ifp nke.Interface, frames [][]byte, v []nke.Ra
 	}
 }
 
-type rawPanic struct{}
+// rawPanic panics on frames tagged 4 and passes the others.
+type rawPanic struct{ seen []byte }
 
-func (rawPanic) FilterRaw(nke.Interface, []byte) nke.RawVerdict { panic("raw hook bug") }
+func (f *rawPanic) FilterRaw(_ nke.Interface, fr []byte) nke.RawVerdict {
+	f.seen = append(f.seen, fr[14])
+	if fr[14] == 4 {
+		panic("raw hook bug")
+	}
+	return nke.RawPass
+}
+
+// rawBurstPanic is its burst form.
+type rawBurstPanic struct{}
+
+func (rawBurstPanic) FilterRawBurst(_ nke.Interface, frames [][]byte, _ []nke.RawVerdict) {
+	panic("raw hook bug")
+}
 
 func TestRawHookBurstAndFault(t *testing.T) {
 	r := newFilterRig(t)
@@ -84,12 +98,12 @@ func TestRawHookBurstAndFault(t *testing.T) {
 	if b.calls != 1 || len(r.got[0x0800]) != 3 {
 		t.Fatalf("burst hook: %d calls, %d frames on", b.calls, len(r.got[0x0800]))
 	}
-	bad, _ := r.ifp.AttachRawHook(nke.RawHookSpec{Name: "bad", Filter: rawPanic{}})
+	bad, _ := r.ifp.AttachRawHook(nke.RawHookSpec{Name: "bad", Filter: rawBurstPanic{}})
 	r.wire(ethFrame(0x0800, 2, 60), ethFrame(0x0800, 4, 60))
 	r.ifp.PollOnce()
 	<-bad.Done()
 	if len(r.got[0x0800]) != 3 {
-		t.Fatalf("the burst a faulting raw hook had was delivered: %d frames", len(r.got[0x0800]))
+		t.Fatalf("the burst a faulting burst-form raw hook had was delivered: %d frames", len(r.got[0x0800]))
 	}
 	r.mu.Lock()
 	logs := r.logs.String()
@@ -136,3 +150,29 @@ func BenchmarkRawHook(b *testing.B) {
 type passRaw struct{}
 
 func (passRaw) FilterRaw(nke.Interface, []byte) nke.RawVerdict { return nke.RawPass }
+
+// A per-packet raw hook that panics drops the frame it was handling, not
+// its burst, as at every other hook: the frames before keep their
+// verdicts, those after pass (the hook, gone, never saw them). The
+// conformance suite found it dropping the whole burst.
+func TestRawHookPanicDropsOneFrame(t *testing.T) {
+	r := newFilterRig(t)
+	bad := &rawPanic{}
+	a, _ := r.ifp.AttachRawHook(nke.RawHookSpec{Name: "bad", Filter: bad})
+	r.wire(ethFrame(0x0800, 2, 60), ethFrame(0x0800, 4, 60), ethFrame(0x0800, 6, 60))
+	r.ifp.PollOnce()
+	<-a.Done()
+	var got []byte
+	for _, f := range r.got[0x0800] {
+		got = append(got, f[14])
+	}
+	if fmt.Sprint(got) != "[2 6]" || fmt.Sprint(bad.seen) != "[2 4]" {
+		t.Fatalf("delivered %v (want [2 6]), the hook saw %v (want [2 4])", got, bad.seen)
+	}
+	if s := r.ifp.Stats(); s.RxRawDrops != 1 {
+		t.Errorf("raw drops %d, want 1", s.RxRawDrops)
+	}
+	if c := r.ifp.RawHooks(); len(c) != 0 {
+		t.Errorf("the faulting hook is still attached: %+v", c)
+	}
+}

@@ -64,6 +64,7 @@ type config struct {
 	neighbour bool
 	heap      int
 	txBuf     int
+	logf      func(format string, args ...any)
 }
 
 // QueueSize is the rx and tx queue size the device offers (the driver
@@ -103,6 +104,11 @@ func Driver(o virtionet.Options) Option { return func(c *config) { c.drv = o } }
 
 // Interface sets the interface's configuration.
 func Interface(cfg ifnet.Config) Option { return func(c *config) { c.ifc = cfg } }
+
+// Logf receives the interface's and the stack's log lines (link changes,
+// recoveries, filters that panicked and were detached), unless Interface
+// gives the interface a Logf of its own.
+func Logf(f func(format string, args ...any)) Option { return func(c *config) { c.logf = f } }
 
 // TxBuffer bounds the frames the guest sent that wait to be read (4096);
 // more are dropped, and counted (TxOverflow).
@@ -163,11 +169,14 @@ func New(tb testing.TB, opts ...Option) *Rig {
 		tb.Fatalf("kerneltest: virtionet.Open: %v", err)
 	}
 	r.Drv = drv
+	if c.ifc.Logf == nil {
+		c.ifc.Logf = c.logf
+	}
 	if r.Ifp, err = ifnet.New(drv, c.ifc); err != nil {
 		tb.Fatalf("kerneltest: ifnet.New: %v", err)
 	}
 	if c.stack {
-		if r.Stack, err = netstack.New(r.Ifp, netstack.Config{Addr: c.addr, Gateway: c.gw}); err != nil {
+		if r.Stack, err = netstack.New(r.Ifp, netstack.Config{Addr: c.addr, Gateway: c.gw, Logf: c.logf}); err != nil {
 			tb.Fatalf("kerneltest: netstack.New: %v", err)
 		}
 		if c.neighbour {

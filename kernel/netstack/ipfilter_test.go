@@ -3,6 +3,7 @@ package netstack
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -533,4 +534,92 @@ func TestIPFilterDetachWhileFlowing(t *testing.T) {
 			t.Fatalf("%s called after Detached", f.name)
 		}
 	}
+}
+
+// IP inject stamps provenance: the reference's id (0 without one), a
+// generation per injection, and past nke.MaxInjections nke.ErrInjectLoop
+// with Apple's ownership rules (input: the caller's; output: freed).
+func TestInjectIPProvenance(t *testing.T) {
+	r := newRig(t)
+	var prov []nke.Provenance
+	var self nke.Attachment
+	f := &provFilter{seen: func(m *mbuf.Mbuf) {
+		p, _ := nke.InjectedBy(m)
+		prov = append(prov, p)
+	}}
+	self = attachFilter(t, r.s, f)
+	pool := r.ifp.Pool()
+	m := packet(t, pool, echo(false, 4, 8))
+	if err := r.s.InjectIPInput(m, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(prov) != 1 || prov[0] != (nke.Provenance{Injector: 0, Generation: 1}) {
+		t.Fatalf("inject without a reference: the filter saw provenance %v", prov)
+	}
+	// With the reference the filter is skipped, but the stamp is there:
+	// a second filter attached before it sees it.
+	prov = nil
+	g := &provFilter{seen: func(m *mbuf.Mbuf) {
+		p, _ := nke.InjectedBy(m)
+		prov = append(prov, p)
+	}}
+	if _, err := r.s.AttachIPFilter(nke.IPFilterSpec{Name: "after", Family: nke.IPv4, Filter: g,
+		Order: nke.Order{After: []string{"prov"}}}); err != nil {
+		t.Fatal(err)
+	}
+	m = packet(t, pool, echo(false, 5, 8))
+	if err := r.s.InjectIPInput(m, self); err != nil {
+		t.Fatal(err)
+	}
+	if len(prov) != 1 || prov[0] != (nke.Provenance{Injector: self.ID(), Generation: 1}) {
+		t.Fatalf("inject with a reference: provenance %v, want injector %d", prov, self.ID())
+	}
+	r.sent()
+	// The hop limit: input leaves the packet to the caller.
+	m = packet(t, pool, echo(false, 6, 8))
+	for i := 0; i < nke.MaxInjections; i++ {
+		if _, err := nke.StampInjection(m, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prov = nil
+	if err := r.s.InjectIPInput(m, nil); !errors.Is(err, nke.ErrInjectLoop) {
+		t.Fatalf("input past the hop limit: %v, want ErrInjectLoop", err)
+	}
+	if len(prov) != 0 {
+		t.Fatalf("filters ran on a refused inject: %v", prov)
+	}
+	m.Free() // still ours
+	// Output frees it.
+	m = packet(t, pool, echo(false, 7, 8))
+	for i := 0; i < nke.MaxInjections; i++ {
+		nke.StampInjection(m, 0)
+	}
+	free := pool.Avail()
+	if err := r.s.InjectIPOutput(m, nil); !errors.Is(err, nke.ErrInjectLoop) || pool.Avail() != free+1 {
+		t.Fatalf("output past the hop limit: %v, %d free (want %d)", err, pool.Avail(), free+1)
+	}
+	if len(prov) != 0 {
+		t.Fatalf("filters ran on a refused inject: %v", prov)
+	}
+	r.sent()
+}
+
+// provFilter passes everything, showing each packet to seen.
+type provFilter struct{ seen func(*mbuf.Mbuf) }
+
+func (f *provFilter) FilterIPInput(m **mbuf.Mbuf, _ int, _ uint8) nke.Verdict {
+	f.seen(*m)
+	return nke.Continue
+}
+
+func (f *provFilter) FilterIPOutput(m **mbuf.Mbuf) nke.Verdict { return nke.Continue }
+
+func attachFilter(t *testing.T, s *Stack, f *provFilter) nke.Attachment {
+	t.Helper()
+	a, err := s.AttachIPFilter(nke.IPFilterSpec{Name: "prov", Family: nke.IPv4, Filter: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }

@@ -272,14 +272,30 @@ var (
 
 // InjectIPInput hands m (data at the IP header, a whole datagram) to the
 // stack as if received (Apple's ipf_inject_input): the input filters
-// after ref (all with nil), then gVisor. On error m is still the
-// caller's; on success it is consumed (delivered, dropped or swallowed by
-// a filter).
+// after ref (all with nil), then gVisor. The packet's provenance records
+// the injection (nke.StampInjection with ref's id, 0 for nil); past
+// nke.MaxInjections it fails with nke.ErrInjectLoop. On error m is still
+// the caller's; on success it is consumed (delivered, dropped or
+// swallowed by a filter).
 func (s *Stack) InjectIPInput(m *mbuf.Mbuf, ref nke.Attachment) error {
-	return s.ep.injectInput(m, ref)
+	return s.ep.injectInput(m, ref, true)
 }
 
-func (e *endpoint) injectInput(m *mbuf.Mbuf, ref nke.Attachment) error {
+// stampRef records an injection of m by ref (nil: none).
+func stampRef(m *mbuf.Mbuf, ref nke.Attachment) error {
+	var id uint64
+	if ref != nil {
+		id = ref.ID()
+	}
+	_, err := nke.StampInjection(m, id)
+	return err
+}
+
+// injectInput runs m through the input filters after ref and into gVisor.
+// stamp says whether this is an injection to record in m's provenance
+// (an injected datagram for the guest itself, looped back by
+// injectOutput, was stamped there already).
+func (e *endpoint) injectInput(m *mbuf.Mbuf, ref nke.Attachment, stamp bool) error {
 	v6, in, err := parseWhole(m)
 	if err != nil {
 		return err
@@ -295,6 +311,11 @@ func (e *endpoint) injectInput(m *mbuf.Mbuf, ref nke.Attachment) error {
 	at, err := position(s, ref)
 	if err != nil {
 		return fmt.Errorf("netstack: inject input: %w", err)
+	}
+	if stamp {
+		if err := stampRef(m, ref); err != nil {
+			return fmt.Errorf("netstack: inject input: %w", err)
+		}
 	}
 	o := e.outPool.Get().(*outScratch)
 	defer e.outPool.Put(o)
@@ -338,9 +359,10 @@ func parseWhole(m *mbuf.Mbuf) (bool, ipInfo, error) {
 
 // InjectIPOutput sends m (data at the IP header) as if the stack had sent
 // it (Apple's ipf_inject_output): the output filters after ref (all with
-// nil), then a route and the next hop's link address from gVisor (which
-// may resolve it with ARP or NDP first; the packet waits), fragmentation
-// to the MTU, and the interface. A datagram for the guest's own address
+// nil; provenance and hop limit as for InjectIPInput), then a route and
+// the next hop's link address from gVisor (which may resolve it with ARP
+// or NDP first; the packet waits), fragmentation to the MTU, and the
+// interface. A datagram for the guest's own address
 // is looped back through the input filters instead. m is consumed, error
 // or not.
 func (s *Stack) InjectIPOutput(m *mbuf.Mbuf, ref nke.Attachment) error {
@@ -357,6 +379,9 @@ func (e *endpoint) injectOutput(m *mbuf.Mbuf, ref nke.Attachment) error {
 	}
 	s := e.ipf.chain(v6).Acquire()
 	at, err := position(s, ref)
+	if err == nil {
+		err = stampRef(m, ref)
+	}
 	if err != nil {
 		s.Release()
 		m.Free()
@@ -397,7 +422,7 @@ func (e *endpoint) route(v6 bool, m *mbuf.Mbuf) error {
 	if r.Loop()&stack.PacketOut == 0 {
 		// For the guest itself: back in through all the input filters,
 		// as through Apple's lo0.
-		if err := e.injectInput(m, nil); err != nil {
+		if err := e.injectInput(m, nil, false); err != nil {
 			m.Free()
 			return err
 		}
