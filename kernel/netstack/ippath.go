@@ -300,10 +300,9 @@ func (e *endpoint) injectInput(m *mbuf.Mbuf, ref nke.Attachment, stamp bool) err
 	if err != nil {
 		return err
 	}
-	e.mu.RLock()
-	closed := e.detached
-	e.mu.RUnlock()
-	if closed {
+	// No lock (see deliver): an IP output filter may inject from inside
+	// WritePackets.
+	if e.live.Load() == nil {
 		return ErrInjectClosed
 	}
 	s := e.ipf.chain(v6).Acquire()

@@ -192,6 +192,10 @@ type endpoint struct {
 	// before any packet flows and never changed.
 	inet, arp, inet6 nke.ProtocolAttachment
 
+	// live is the dispatcher while the endpoint is attached and not
+	// shut down, for the receive and inject paths, which take no lock.
+	live atomic.Pointer[dispatcherRef]
+
 	rxDelivered, rxMalformed, txNoBufs, txTooBig atomic.Uint64
 
 	// stk is the stack, for inject's routes.
@@ -200,6 +204,8 @@ type endpoint struct {
 }
 
 var _ stack.LinkEndpoint = (*endpoint)(nil)
+
+type dispatcherRef struct{ d stack.NetworkDispatcher }
 
 // attach plumbs the stack into the interface: one protocol per network
 // protocol, each claiming its EtherType. All or none stay attached.
@@ -310,16 +316,15 @@ func (p *proto) ProtoSendARP(_ nke.Interface, op uint16, senderHW [6]byte, sende
 // its Ethernet header) into the stack's pooled buffers and frees the
 // packet buffer, so DMA memory goes back to the rx ring at once.
 func (e *endpoint) deliver(m *mbuf.Mbuf, frame []byte) {
-	e.mu.RLock()
-	d := e.dispatcher
-	if e.detached {
-		d = nil
-	}
-	e.mu.RUnlock()
-	if d == nil {
+	// No lock here: deliver also runs inside WritePackets (an IP output
+	// filter injecting input), which holds the read lock, and a second
+	// RLock would deadlock with Shutdown waiting for the write lock.
+	dr := e.live.Load()
+	if dr == nil {
 		m.Free()
 		return
 	}
+	d := dr.d
 	if len(frame) != header.EthernetMinimumSize {
 		m.Free()
 		e.rxMalformed.Add(1)
@@ -450,6 +455,7 @@ func (e *endpoint) detach() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.detached = true
+	e.live.Store(nil)
 }
 func (e *endpoint) Capabilities() stack.LinkEndpointCapabilities {
 	return stack.CapabilityResolutionRequired
@@ -461,6 +467,9 @@ func (e *endpoint) Attach(d stack.NetworkDispatcher) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.dispatcher = d
+	if !e.detached && d != nil {
+		e.live.Store(&dispatcherRef{d})
+	}
 }
 
 func (e *endpoint) IsAttached() bool {
