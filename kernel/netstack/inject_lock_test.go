@@ -60,3 +60,55 @@ func TestInjectFromOutputFilterDuringShutdown(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+// ifTagger is an interface filter tagging each IP packet with its
+// fragment offset field, as a data-link NKE would mark a packet for the
+// IP filter of the same product.
+type ifTagger struct{ id mbuf.TagIDType }
+
+func (f ifTagger) FilterInput(_ nke.Interface, _ uint16, m **mbuf.Mbuf, _ []byte) nke.Verdict {
+	b := (*m).Bytes()
+	v := uint32(0xfeed0000)
+	if b[0]>>4 == 4 {
+		v |= uint32(b[6]&0x1f)<<8 | uint32(b[7])
+	}
+	if err := mbuf.TagPut(*m, f.id, 1, v); err != nil {
+		panic(err)
+	}
+	return nke.Continue
+}
+
+type tagReader struct {
+	id  mbuf.TagIDType
+	got []uint32
+}
+
+func (f *tagReader) FilterIPInput(m **mbuf.Mbuf, _ int, _ uint8) nke.Verdict {
+	v, _ := mbuf.TagGet[uint32](*m, f.id, 1)
+	f.got = append(f.got, v)
+	return nke.Continue
+}
+
+// A tag put on the first fragment by an interface filter is on the
+// reassembled datagram the IP filter sees (the datagram's header is the
+// first fragment's), in whatever order the fragments came.
+func TestTagsSurviveReassembly(t *testing.T) {
+	id, err := mbuf.TagID("com.example.netstack-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v6 := range []bool{false, true} {
+		r := newRig(t)
+		if _, err := r.ifp.AttachFilter(nke.InterfaceFilterSpec{Name: "tagger", Filter: ifTagger{id}}); err != nil {
+			t.Fatal(err)
+		}
+		f := &tagReader{id: id}
+		if _, err := r.s.AttachIPFilter(nke.IPFilterSpec{Name: "reader", Family: family(v6), Filter: f}); err != nil {
+			t.Fatal(err)
+		}
+		r.rx(t, fragments(echo(v6, 5, 3000), v6, 1200, []int{2, 0, 1})...)
+		if len(f.got) != 1 || f.got[0] != 0xfeed0000 {
+			t.Errorf("v6=%v: tags on the datagrams the IP filter saw: %x, want [feed0000] (the first fragment's)", v6, f.got)
+		}
+	}
+}

@@ -277,9 +277,23 @@ func (r *reassembler) add(m *mbuf.Mbuf, in *ipInfo, link *[ethHdrLen]byte) *mbuf
 			return nil
 		}
 		copyRange(pm, 0, m, in.payOff, payLen)
+		if in.fragOff == 0 {
+			mbuf.CopyPktHdr(pm, m) // tags and all, for the datagram
+		}
 		m.Free()
 	} else {
+		var hdr *mbuf.Mbuf
+		if in.fragOff == 0 && m.Len() <= in.payOff {
+			// trimChain frees the head: keep its packet header.
+			if hdr = r.pool.Get(); hdr != nil {
+				mbuf.CopyPktHdr(hdr, m)
+			}
+		}
 		pm = trimChain(m, in.payOff, payLen)
+		if hdr != nil {
+			mbuf.CopyPktHdr(pm, hdr)
+			hdr.Free()
+		}
 	}
 	copy(s.pieces[at+1:s.n+1], s.pieces[at:s.n])
 	s.pieces[at] = piece{off: in.fragOff, end: end, m: pm}
@@ -424,7 +438,15 @@ func (r *reassembler) completeLocked(s *reasmSlot) *mbuf.Mbuf {
 			h.Adj(ethHdrLen)
 		}
 	}
+	// The datagram's packet header (flags, receiving interface, tags)
+	// is the first fragment's, as the first piece kept it.
+	mbuf.CopyPktHdr(h, s.pieces[0].m)
 	h.Flags, h.RcvIf = s.flags, s.rcvIf
+	if s.hasLink {
+		h.SetFrameHeader(-ethHdrLen)
+	} else {
+		h.ClearFrameHeader()
+	}
 	tail := h
 	for i := 0; i < s.n; i++ {
 		tail.SetNext(s.pieces[i].m)
