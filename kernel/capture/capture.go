@@ -5,7 +5,8 @@
 // with the filter, the direction and the verdict.
 //
 //	r := capture.NewRing(1024, 256)
-//	ifp.Capture(r)      // the IP filter chains have no capture points yet
+//	ifp.Capture(r)      // the interface's hooks
+//	stack.CaptureIP(r)  // the IP filter chains
 //	...
 //	ifp.Capture(nil)
 //	r.WritePcapng(f)

@@ -31,9 +31,8 @@ type Point struct {
 	Hook   string // the chain's name ("vtnet0 filters")
 	Filter string // the filter about to run or that just ran
 	Dir    Dir
-	// L3 is set where packets start at the IP header (IP filters, once
-	// their chains have capture points; none sets it yet); elsewhere they
-	// are Ethernet frames.
+	// L3 is set where packets start at the IP header (the IP filter
+	// chains); elsewhere they are Ethernet frames.
 	L3 bool
 	// After is set once the filter has run; Verdict is then its verdict.
 	After   bool

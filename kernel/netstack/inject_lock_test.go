@@ -1,10 +1,12 @@
 package netstack
 
 import (
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nke-harness/nke/kernel/capture"
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/mbuf"
 )
@@ -110,5 +112,31 @@ func TestTagsSurviveReassembly(t *testing.T) {
 		if len(f.got) != 1 || f.got[0] != 0xfeed0000 {
 			t.Errorf("v6=%v: tags on the datagrams the IP filter saw: %x, want [feed0000] (the first fragment's)", v6, f.got)
 		}
+	}
+}
+
+// The IP chains have capture points too: each datagram before and after
+// each filter, at the IP header.
+func TestCaptureIP(t *testing.T) {
+	r := newRig(t)
+	f := &recorder{name: "rec"}
+	attach(t, r.s, nke.IPv4, f, nke.Order{})
+	ring := capture.NewRing(16, 128)
+	r.s.CaptureIP(ring)
+	r.rx(t, frame(echo(false, 1, 8)))
+	r.sent()
+	r.s.CaptureIP(nil)
+	recs, _ := ring.Records()
+	var got []string
+	for _, rec := range recs {
+		got = append(got, capture.Comment(rec.Point))
+		if !rec.Point.L3 || rec.Data[0]>>4 != 4 {
+			t.Errorf("%s: not an IPv4 packet at the IP header: % x", capture.Comment(rec.Point), rec.Data[:4])
+		}
+	}
+	want := []string{"inet filters in rec before", "inet filters in rec after: continue",
+		"inet filters out rec before", "inet filters out rec after: continue"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("captured %q, want %q", got, want)
 	}
 }

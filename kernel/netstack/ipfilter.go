@@ -127,6 +127,14 @@ type IPFilterStatus struct {
 	hook.Counters
 }
 
+// CaptureIP sets the capturer of the IP filter chains (nil stops): each
+// packet before and after each filter, with its verdict, data at the IP
+// header (hook.Point.L3).
+func (s *Stack) CaptureIP(c hook.Capturer) {
+	s.ep.ipf.v4.SetCapturer(c)
+	s.ep.ipf.v6.SetCapturer(c)
+}
+
 // IPFilters lists the attached IP filters, IPv4's then IPv6's, each in
 // the order they run, with their counters.
 func (s *Stack) IPFilters() []IPFilterStatus {
@@ -157,6 +165,8 @@ type ipVec struct {
 	dsts     [][6]byte         // output: each packet's next hop
 	ids      []uint32          // output: an IPv6 datagram's fragment id, 0 if none
 	calls    uint64            // for latency sampling
+	capture  hook.Capturer     // this run's, nil when nobody captures
+	chain    string            // the chain's name, for capture points
 }
 
 func newIPVec(n int) *ipVec {
@@ -196,6 +206,13 @@ func (e *endpoint) runFilters(s *hook.Snapshot[*ipFilter], from int, v *ipVec, n
 	for _, l := range v.lens[:n] {
 		v.bytes += l
 	}
+	if len(s.Entries) > 0 {
+		c := e.ipf.chain(s.Entries[0].Filter.fam == nke.IPv6)
+		if v.capture = c.Capturer(); v.capture != nil {
+			v.chain = c.Name()
+		}
+	}
+	defer func() { v.capture = nil }()
 	for i := from; i < len(s.Entries) && n > 0; i++ {
 		if en := s.Entries[i]; en.Filter.has(out) {
 			n = e.runFilter(en, v, n, out, lane)
@@ -207,6 +224,9 @@ func (e *endpoint) runFilters(s *hook.Snapshot[*ipFilter], from int, v *ipVec, n
 func (e *endpoint) runFilter(en *hook.Entry[*ipFilter], v *ipVec, n int, out bool, lane int) int {
 	verdicts := v.verdicts[:n]
 	clear(verdicts) // Continue
+	if v.capture != nil {
+		v.captureAll(en.Name, out, n, false)
+	}
 	faulted := e.callFilter(en, v, n, out, lane)
 	// One pass: fix up and count the verdicts (a fault drops the packet
 	// being handled, or the burst, and passes those after it; anything
@@ -253,6 +273,9 @@ func (e *endpoint) runFilter(en *hook.Entry[*ipFilter], v *ipVec, n int, out boo
 	}
 	b.Verdicts[nke.Continue] = b.Packets - uint64(counted)
 	en.Stats.Add(lane, &b)
+	if v.capture != nil {
+		v.captureAll(en.Name, out, n, true)
+	}
 	if stopped == 0 {
 		return n
 	}
@@ -279,6 +302,28 @@ func (e *endpoint) runFilter(en *hook.Entry[*ipFilter], v *ipVec, n int, out boo
 		v.pkts[i] = nil
 	}
 	return j
+}
+
+// captureAll shows the vector to the capturer before a filter ran or
+// after, with its verdicts (a packet it replaced with nothing valid is
+// gone and not shown).
+func (v *ipVec) captureAll(filter string, out bool, n int, after bool) {
+	p := hook.Point{Hook: v.chain, Filter: filter, L3: true, After: after}
+	if out {
+		p.Dir = hook.Out
+	}
+	for i := 0; i < n; i++ {
+		m := v.pkts[i]
+		if after {
+			if v.verdicts[i] == gone {
+				continue // freed already
+			}
+			p.Verdict = v.verdicts[i]
+		}
+		if m != nil {
+			v.capture.Capture(p, nil, m)
+		}
+	}
 }
 
 // reparse updates slot i after a filter replaced its packet.
