@@ -39,6 +39,9 @@ type NKEStatus struct {
 	Unclaimed []ifnet.Unclaimed         `json:"unclaimed"`
 	IPFilters []netstack.IPFilterStatus `json:"ip_filters"`
 	IP        netstack.IPStats          `json:"ip"`
+	// Gone are filters detached lately (at most hook.MaxGone per hook),
+	// with their last counters and the fault that detached them.
+	Gone []hook.Gone `json:"detached"`
 }
 
 // StartedNKE is an NKE the guest started.
@@ -139,7 +142,7 @@ func (g *Guest) Status() Status {
 
 func (g *Guest) nkeStatus() NKEStatus {
 	s := NKEStatus{RawHooks: g.ifp.RawHooks(), Filters: g.ifp.Filters(), Protocols: g.ifp.Protocols(), Unclaimed: g.ifp.Unclaimed(),
-		IPFilters: g.st.IPFilters(), IP: g.st.IPStats()}
+		IPFilters: g.st.IPFilters(), IP: g.st.IPStats(), Gone: append(g.ifp.Gone(), g.st.IPGone()...)}
 	for _, n := range g.nkes {
 		s.Started = append(s.Started, StartedNKE{Name: n.mod.Name, ID: n.mod.ID, Args: n.args})
 	}
@@ -222,6 +225,12 @@ func writeNKEs(w io.Writer, s NKEStatus) {
 	}
 	for _, f := range s.IPFilters {
 		row("ip", f.Name+" ("+f.Family+")", f.Counters)
+	}
+	for _, gn := range s.Gone {
+		if gn.Fault != "" {
+			row("faulted", gn.Name+" ("+gn.Hook+")", gn.Counters)
+			fmt.Fprintf(w, "           panicked: %s\n", gn.Fault)
+		}
 	}
 	for _, u := range s.Unclaimed {
 		fmt.Fprintf(w, "unclaimed  %s %#x: %d frames\n", u.Kind, u.Value, u.Count)

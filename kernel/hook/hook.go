@@ -92,6 +92,8 @@ type Chain[F any] struct {
 	entries []*Entry[F]
 	// +checklocks:mu
 	seq uint64
+	// +checklocks:mu
+	gone []Gone // the last filters detached, newest last
 
 	cur     atomic.Pointer[Snapshot[F]]
 	capture captureSlot
@@ -132,6 +134,7 @@ type Entry[F any] struct {
 	chain    *Chain[F]
 	detached func()
 	refs     atomic.Int32 // live snapshots holding this entry
+	fault    atomic.Pointer[string]
 	unlinked atomic.Bool
 	finished sync.Once
 	done     chan struct{}
@@ -196,9 +199,46 @@ func (e *Entry[F]) finish() {
 						Value: fmt.Sprintf("detached holding %d swallowed packets it never re-injected or freed: freed them", n)})
 				}
 			}
+			e.chain.recordGone(e)
 			close(e.done)
 		}()
 	})
+}
+
+// MaxGone is how many detached filters a chain remembers.
+const MaxGone = 16
+
+// Gone is a filter that was detached, with its counters at the end: what
+// a status page shows once the filter itself is no longer attached
+// (above all, one detached for a fault).
+type Gone struct {
+	Hook  string `json:"hook"`
+	Name  string `json:"name"`
+	ID    uint64 `json:"id"`
+	Fault string `json:"fault,omitempty"` // what it panicked with, if it did
+	Counters
+}
+
+func (c *Chain[F]) recordGone(e *Entry[F]) {
+	g := Gone{Hook: c.name, Name: e.Name, ID: e.ID, Counters: e.Stats.Read()}
+	if f := e.fault.Load(); f != nil {
+		g.Fault = *f
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.gone) == MaxGone {
+		copy(c.gone, c.gone[1:])
+		c.gone = c.gone[:MaxGone-1]
+	}
+	c.gone = append(c.gone, g)
+}
+
+// Gone returns the last MaxGone filters detached from the chain, oldest
+// first, each once its Detached callback has returned.
+func (c *Chain[F]) Gone() []Gone {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Gone(nil), c.gone...)
 }
 
 // Attach validates spec, places the filter among those attached and
@@ -306,6 +346,8 @@ func (c *Chain[F]) Entries() []*Entry[F] {
 // dispatch loop drops the packet it was handling.
 func (e *Entry[F]) Fault(v any) {
 	e.Stats.faults.Add(1)
+	msg := fmt.Sprint(v)
+	e.fault.CompareAndSwap(nil, &msg)
 	f := Fault{Hook: e.chain.name, Filter: e.Name, Value: v, Stack: string(debug.Stack())}
 	if e.chain.detach(e) && e.chain.report != nil {
 		e.chain.report(f)

@@ -353,12 +353,19 @@ func (ifp *Interface) Stop() {
 }
 
 // detachFilters tells every filter the interface is going away, then
-// detaches them (their Detached callbacks follow) and waits for that.
+// detaches them and the raw ring hooks (their Detached callbacks follow)
+// and waits for that.
 func (ifp *Interface) detachFilters() {
 	ifp.event(nke.EventDetaching)
-	var hs []*hook.Handle[*ifFilter]
-	for _, e := range ifp.filters.Entries() {
-		hs = append(hs, ifp.filters.HandleOf(e))
+	detachAll(ifp.filters)
+	detachAll(ifp.raw)
+}
+
+// detachAll detaches every entry of c and waits for each to be gone.
+func detachAll[F any](c *hook.Chain[F]) {
+	var hs []*hook.Handle[F]
+	for _, e := range c.Entries() {
+		hs = append(hs, c.HandleOf(e))
 	}
 	for _, h := range hs {
 		h.Detach()

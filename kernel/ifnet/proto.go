@@ -328,17 +328,13 @@ func (ifp *Interface) protoIoctl(etherType uint16, cmd uint32, arg []byte) (hand
 }
 
 // detachProtos detaches every protocol and waits for their Detached.
-func (ifp *Interface) detachProtos() {
-	var hs []*hook.Handle[*ifProto]
-	for _, e := range ifp.protos.Entries() {
-		hs = append(hs, ifp.protos.HandleOf(e))
-	}
-	for _, h := range hs {
-		h.Detach()
-	}
-	for _, h := range hs {
-		<-h.Done()
-	}
-}
+func (ifp *Interface) detachProtos() { detachAll(ifp.protos) }
 
 var _ nke.Link = (*Interface)(nil)
+
+// Gone lists what was detached from the interface lately (raw hooks,
+// interface filters, protocols), each with its last counters and the
+// fault that detached it, if one did.
+func (ifp *Interface) Gone() []hook.Gone {
+	return append(append(ifp.raw.Gone(), ifp.filters.Gone()...), ifp.protos.Gone()...)
+}

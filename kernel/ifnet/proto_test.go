@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -268,6 +269,15 @@ func TestProtoPanics(t *testing.T) {
 	r.ifp.PollOnce()
 	if len(p.got) != 1 {
 		t.Errorf("a detached protocol still gets frames")
+	}
+	// It is remembered, with its fault and last counters, once gone.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(r.ifp.Gone()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	g := r.ifp.Gone()
+	if len(g) != 1 || g[0].Name != "echo" || g[0].Hook != "vt0 protocols" || g[0].Fault != "recProto: poisoned frame" || g[0].Packets != 3 || g[0].Faults != 1 {
+		t.Errorf("gone: %+v", g)
 	}
 }
 

@@ -1,6 +1,8 @@
 package ifnet
 
 import (
+	"time"
+
 	"fmt"
 
 	"github.com/nke-harness/nke/kernel/hook"
@@ -104,6 +106,12 @@ func (ifp *Interface) rawInput(pkts []*mbuf.Mbuf) int {
 // verdicts, those after it pass, the hook never saw them).
 func (ifp *Interface) callRaw(e *hook.Entry[*rawFilter], frames [][]byte, verdicts []nke.RawVerdict) {
 	faulted := len(frames) // the burst form: all of them
+	v := &ifp.fv
+	v.calls++
+	var start time.Time
+	if v.calls%hook.SampleEvery == 0 {
+		start = time.Now()
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			e.Fault(r)
@@ -115,6 +123,10 @@ func (ifp *Interface) callRaw(e *hook.Entry[*rawFilter], frames [][]byte, verdic
 					verdicts[i] = nke.RawPass
 				}
 			}
+			return
+		}
+		if !start.IsZero() {
+			e.Stats.AddSample(0, uint64(len(frames)), uint64(time.Since(start)))
 		}
 	}()
 	if f := e.Filter; f.burst != nil {

@@ -135,6 +135,10 @@ func (s *Stack) CaptureIP(c hook.Capturer) {
 	s.ep.ipf.v6.SetCapturer(c)
 }
 
+// IPGone lists the IP filters detached lately, with their last counters
+// and the fault that detached them, if one did.
+func (s *Stack) IPGone() []hook.Gone { return append(s.ep.ipf.v4.Gone(), s.ep.ipf.v6.Gone()...) }
+
 // IPFilters lists the attached IP filters, IPv4's then IPv6's, each in
 // the order they run, with their counters.
 func (s *Stack) IPFilters() []IPFilterStatus {
