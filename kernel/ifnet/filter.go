@@ -269,13 +269,18 @@ func (ifp *Interface) callInput(e *hook.Entry[*ifFilter], pkts []*mbuf.Mbuf, fra
 		f.inB.FilterInputBurst(ifp, pkts, frames, verdicts)
 		return -1
 	}
-	proto := f.proto
+	in := f.in
+	if ets == nil {
+		for i := range pkts {
+			faulted = i
+			verdicts[i] = in.FilterInput(ifp, f.proto, &pkts[i], frames[i])
+		}
+		return -1
+	}
+	ets = ets[:len(pkts)]
 	for i := range pkts {
 		faulted = i
-		if ets != nil {
-			proto = ets[i]
-		}
-		verdicts[i] = f.in.FilterInput(ifp, proto, &pkts[i], frames[i])
+		verdicts[i] = in.FilterInput(ifp, ets[i], &pkts[i], frames[i])
 	}
 	return -1
 }
@@ -287,24 +292,27 @@ func (ifp *Interface) callInput(e *hook.Entry[*ifFilter], pkts []*mbuf.Mbuf, fra
 func (ifp *Interface) account(e *hook.Entry[*ifFilter], k, bytes int, verdicts []nke.Verdict, faulted int) int {
 	var b hook.Burst
 	b.Packets, b.Bytes = uint64(k), uint64(bytes)
-	stopped := 0
-	for i, vd := range verdicts {
-		if faulted >= 0 {
+	if faulted >= 0 {
+		for i := range verdicts {
 			switch {
 			case faulted >= k || i == faulted:
-				vd = nke.Drop
+				verdicts[i] = nke.Drop
 			case i > faulted:
-				vd = nke.Continue // the filter, gone, never saw it
+				verdicts[i] = nke.Continue // the filter, gone, never saw it
 			}
 		}
-		if vd != nke.Continue {
-			if vd > nke.Drop {
-				vd = nke.Drop // not a verdict
-			}
-			verdicts[i] = vd
-			stopped++
-			b.Verdicts[vd]++
+	}
+	stopped := 0
+	for i, vd := range verdicts {
+		if vd == nke.Continue {
+			continue
 		}
+		if vd > nke.Drop {
+			vd = nke.Drop // not a verdict
+		}
+		verdicts[i] = vd
+		stopped++
+		b.Verdicts[vd]++
 	}
 	b.Verdicts[nke.Continue] = b.Packets - uint64(stopped)
 	e.Stats.Add(0, &b)

@@ -240,15 +240,20 @@ func (e *endpoint) runFilter(en *hook.Entry[*ipFilter], v *ipVec, n int, out boo
 	b.Packets, b.Bytes = uint64(n), uint64(v.bytes)
 	stopped, counted := 0, 0
 	pkts, orig := v.pkts[:n], v.orig[:n]
-	for i := range verdicts {
-		vd := verdicts[i]
-		if faulted >= 0 {
+	if faulted >= 0 {
+		for i := range verdicts {
 			switch {
 			case faulted >= n || i == faulted:
-				vd = nke.Drop
+				verdicts[i] = nke.Drop
 			case i > faulted:
-				vd = nke.Continue // the filter, gone, never saw it
+				verdicts[i] = nke.Continue // the filter, gone, never saw it
 			}
+		}
+	}
+	for i := range verdicts {
+		vd := verdicts[i]
+		if vd == nke.Continue && pkts[i] == orig[i] {
+			continue // the common case: passed as it was
 		}
 		if vd != nke.Continue {
 			if vd > nke.Drop {
@@ -260,20 +265,19 @@ func (e *endpoint) runFilter(en *hook.Entry[*ipFilter], v *ipVec, n int, out boo
 			b.Verdicts[vd]++
 			continue
 		}
-		if m := pkts[i]; m != orig[i] {
-			orig[i] = m
-			v.bytes -= v.lens[i]
-			if m == nil || !v.reparse(i, en.Filter.fam == nke.IPv6) {
-				verdicts[i] = gone // nothing valid to pass on
-				e.ipc.malformed.Add(1)
-				if m != nil {
-					m.Free()
-				}
-				stopped++
-				continue
+		m := pkts[i]
+		orig[i] = m
+		v.bytes -= v.lens[i]
+		if m == nil || !v.reparse(i, en.Filter.fam == nke.IPv6) {
+			verdicts[i] = gone // nothing valid to pass on
+			e.ipc.malformed.Add(1)
+			if m != nil {
+				m.Free()
 			}
-			v.bytes += v.lens[i]
+			stopped++
+			continue
 		}
+		v.bytes += v.lens[i]
 	}
 	b.Verdicts[nke.Continue] = b.Packets - uint64(counted)
 	en.Stats.Add(lane, &b)
