@@ -265,7 +265,7 @@ func (o Options) KernelCmdline() (string, error) {
 		parts = append(parts, TCGAppend)
 	}
 	for _, a := range o.Append {
-		if err := cmdlineWord("kernel parameter", a); err != nil {
+		if err := paramWord(a); err != nil {
 			return "", err
 		}
 		if a == "--" {
@@ -301,6 +301,52 @@ func cmdlineWord(what, w string) error {
 		return fmt.Errorf("%s %q: must be non-empty, without spaces or quotes", what, w)
 	}
 	return nil
+}
+
+// paramWord is cmdlineWord for a kernel parameter, which may also be
+// key="value with spaces": the kernel keeps the value whole and strips
+// the quotes (nke.ipfw="block in proto icmp").
+func paramWord(w string) error {
+	k, v, ok := strings.Cut(w, "=")
+	if ok && k != "" && len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' &&
+		!strings.ContainsAny(k, " \t\n\"") && !strings.ContainsAny(v[1:len(v)-1], "\"\n") {
+		return nil
+	}
+	return cmdlineWord("kernel parameter", w)
+}
+
+// SplitCmdline splits kernel parameters as the kernel does: at spaces,
+// except inside double quotes, which stay in the word
+// (`nke.load=ipfw nke.ipfw="block in proto icmp"` is two words). An
+// unclosed quote is an error.
+func SplitCmdline(s string) ([]string, error) {
+	var words []string
+	var cur strings.Builder
+	quoted, inWord := false, false
+	for _, r := range s {
+		switch {
+		case r == '"':
+			quoted = !quoted
+			cur.WriteRune(r)
+			inWord = true
+		case !quoted && (r == ' ' || r == '\t' || r == '\n'):
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteRune(r)
+			inWord = true
+		}
+	}
+	if quoted {
+		return nil, fmt.Errorf("kernel parameters %q: a quote is not closed", s)
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	return words, nil
 }
 
 // Args returns the -netdev/-device (and capture) flags for the NIC with

@@ -1,6 +1,7 @@
 package hostvm
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -228,5 +229,26 @@ func TestVMTestQEMU(t *testing.T) {
 	}
 	if _, err := (Options{QEMU: "/opt/my qemu/qemu"}).VMTestQEMU(); err == nil {
 		t.Error("VMTestQEMU() accepted a QEMU path with a space, which vmtest would split")
+	}
+}
+
+func TestSplitCmdline(t *testing.T) {
+	got, err := SplitCmdline(` nke.load=ipfw  nke.ipfw="block in proto icmp; block in proto udp"	loglevel=7 `)
+	want := []string{"nke.load=ipfw", `nke.ipfw="block in proto icmp; block in proto udp"`, "loglevel=7"}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("SplitCmdline = %q, %v; want %q", got, err, want)
+	}
+	if _, err := SplitCmdline(`a="b c`); err == nil || !strings.Contains(err.Error(), "not closed") {
+		t.Fatalf("unclosed quote: %v", err)
+	}
+	// A quoted value is one kernel parameter; a stray quote is refused.
+	o := Options{Append: want}
+	if line, err := o.KernelCmdline(); err != nil || !strings.Contains(line, `nke.ipfw="block in proto icmp; block in proto udp"`) {
+		t.Fatalf("KernelCmdline = %q, %v", line, err)
+	}
+	for _, bad := range []string{`a"b`, `"x"=y`, `k="a"b"`} {
+		if _, err := (Options{Append: []string{bad}}).KernelCmdline(); err == nil {
+			t.Errorf("kernel parameter %q accepted", bad)
+		}
 	}
 }

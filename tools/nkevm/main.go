@@ -287,7 +287,9 @@ func options(ctx context.Context, f *flags, qemu string) (hostvm.Options, hostvm
 		return o, k, fmt.Errorf("-accel %q: use auto, kvm or tcg", f.accel)
 	}
 	o.CPUs, o.MemoryMB = f.cpus, f.memMB
-	o.Append = strings.Fields(f.append)
+	if o.Append, err = hostvm.SplitCmdline(f.append); err != nil {
+		return o, k, err
+	}
 	o.InitEnv = f.env
 	o.InitArgs = f.initArgs
 	return o, k, nil
