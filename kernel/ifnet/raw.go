@@ -76,14 +76,15 @@ func (ifp *Interface) rawInput(pkts []*mbuf.Mbuf) int {
 				j++
 				continue
 			case nke.RawTransmit:
-				b.Verdicts[nke.Swallow]++
 				if len(ifp.bounce) < cap(ifp.bounce) {
+					b.Verdicts[nke.Swallow]++ // taken off the receive path
 					ifp.bounce = append(ifp.bounce, pkts[i])
 					ifp.stats.rxBounced.Add(1)
 					continue
 				}
 				// No room this burst: dropped, as XDP_TX drops on a
 				// full ring.
+				b.Verdicts[nke.Drop]++
 			default:
 				b.Verdicts[nke.Drop]++
 			}
