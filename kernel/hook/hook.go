@@ -371,6 +371,20 @@ func (s *Snapshot[F]) Index(e *Entry[F]) int {
 // Entry is the handle's entry.
 func (h *Handle[F]) Entry() *Entry[F] { return h.e }
 
+// Guard runs call, a control callback of e's filter (an event, an
+// ioctl), and reports whether it panicked: a panic is a Fault (e is
+// detached and reported), not the caller's crash.
+func (e *Entry[F]) Guard(call func()) (panicked bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			e.Fault(r)
+			panicked = true
+		}
+	}()
+	call()
+	return false
+}
+
 // HandleOf returns the handle of an attached entry, for the owner of the
 // hook (detaching everything when the interface goes away).
 func (c *Chain[F]) HandleOf(e *Entry[F]) *Handle[F] { return &Handle[F]{e: e} }

@@ -450,14 +450,7 @@ func (ifp *Interface) event(ev nke.Event) {
 	defer s.Release()
 	for _, e := range s.Entries {
 		if f := e.Filter; f.ev != nil {
-			func() {
-				defer func() {
-					if r := recover(); r != nil {
-						e.Fault(r)
-					}
-				}()
-				f.ev.FilterEvent(ifp, f.proto, ev)
-			}()
+			e.Guard(func() { f.ev.FilterEvent(ifp, f.proto, ev) })
 		}
 	}
 }
@@ -493,15 +486,9 @@ func (ifp *Interface) filterIoctl(proto uint16, cmd uint32, arg []byte) (handled
 			continue
 		}
 		var err error
-		func() {
-			defer func() {
-				if r := recover(); r != nil {
-					e.Fault(r)
-					err = fmt.Errorf("ifnet %s: filter %s panicked in ioctl %#x: %v", ifp.cfg.Name, e.Name, cmd, r)
-				}
-			}()
-			err = f.ioctl.FilterIoctl(ifp, proto, cmd, arg)
-		}()
+		if e.Guard(func() { err = f.ioctl.FilterIoctl(ifp, proto, cmd, arg) }) {
+			err = fmt.Errorf("ifnet %s: filter %s panicked in ioctl %#x", ifp.cfg.Name, e.Name, cmd)
+		}
 		switch {
 		case err == nil:
 			handled = true

@@ -252,13 +252,10 @@ func (ifp *Interface) ResolveMulticast(etherType uint16, addr []byte) (mac [6]by
 	if e == nil || e.Filter.resolve == nil {
 		return mac, fmt.Errorf("ifnet %s: resolve multicast %x for %#04x: %w", ifp.cfg.Name, addr, etherType, ErrNoProtocol)
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			e.Fault(r)
-			err = fmt.Errorf("ifnet %s: protocol %s panicked resolving %x: %v", ifp.cfg.Name, e.Name, addr, r)
-		}
-	}()
-	return e.Filter.resolve.ProtoResolveMulticast(ifp, addr)
+	if e.Guard(func() { mac, err = e.Filter.resolve.ProtoResolveMulticast(ifp, addr) }) {
+		err = fmt.Errorf("ifnet %s: protocol %s panicked resolving %x", ifp.cfg.Name, e.Name, addr)
+	}
+	return mac, err
 }
 
 // SendARP has the protocol attached for etherType send an ARP packet
@@ -270,13 +267,10 @@ func (ifp *Interface) SendARP(etherType, op uint16, senderHW [6]byte, senderIP [
 	if e == nil || e.Filter.arp == nil {
 		return fmt.Errorf("ifnet %s: send ARP for %#04x: %w", ifp.cfg.Name, etherType, ErrNoProtocol)
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			e.Fault(r)
-			err = fmt.Errorf("ifnet %s: protocol %s panicked sending ARP: %v", ifp.cfg.Name, e.Name, r)
-		}
-	}()
-	return e.Filter.arp.ProtoSendARP(ifp, op, senderHW, senderIP, targetHW, targetIP)
+	if e.Guard(func() { err = e.Filter.arp.ProtoSendARP(ifp, op, senderHW, senderIP, targetHW, targetIP) }) {
+		err = fmt.Errorf("ifnet %s: protocol %s panicked sending ARP", ifp.cfg.Name, e.Name)
+	}
+	return err
 }
 
 // protoEvent tells the protocols about an interface event.
@@ -288,14 +282,7 @@ func (ifp *Interface) protoEvent(ev nke.Event) {
 	defer s.Release()
 	for _, e := range s.Entries {
 		if p := e.Filter; p.ev != nil {
-			func() {
-				defer func() {
-					if r := recover(); r != nil {
-						e.Fault(r)
-					}
-				}()
-				p.ev.ProtoEvent(ifp, ev)
-			}()
+			e.Guard(func() { p.ev.ProtoEvent(ifp, ev) })
 		}
 	}
 }
@@ -309,15 +296,9 @@ func (ifp *Interface) protoIoctl(etherType uint16, cmd uint32, arg []byte) (hand
 	if e == nil || e.Filter.ioctl == nil {
 		return false, nil
 	}
-	func() {
-		defer func() {
-			if r := recover(); r != nil {
-				e.Fault(r)
-				err = fmt.Errorf("ifnet %s: protocol %s panicked in ioctl %#x: %v", ifp.cfg.Name, e.Name, cmd, r)
-			}
-		}()
-		err = e.Filter.ioctl.ProtoIoctl(ifp, cmd, arg)
-	}()
+	if e.Guard(func() { err = e.Filter.ioctl.ProtoIoctl(ifp, cmd, arg) }) {
+		err = fmt.Errorf("ifnet %s: protocol %s panicked in ioctl %#x", ifp.cfg.Name, e.Name, cmd)
+	}
 	switch {
 	case err == nil, errors.Is(err, nke.ErrSwallowed):
 		return true, nil
