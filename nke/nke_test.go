@@ -88,3 +88,44 @@ func TestIPFilterSpecCheck(t *testing.T) {
 		}
 	}
 }
+
+type sockOnly struct{}
+
+func (sockOnly) SockAttach(nke.Socket) (any, error) { return nil, nil }
+func (sockOnly) SockDetach(any, nke.Socket)         {}
+
+func TestSocketFilterSpecCheck(t *testing.T) {
+	ok := nke.SocketFilterSpec{Name: "log", Handle: 7, Type: nke.SockStream, Protocol: 6, Filter: sockOnly{}}
+	if err := ok.Check(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		edit func(*nke.SocketFilterSpec)
+		want string
+	}{
+		{func(s *nke.SocketFilterSpec) { s.Handle = 0 }, "nonzero handle"},
+		{func(s *nke.SocketFilterSpec) { s.Name = "" }, "filter name"},
+		{func(s *nke.SocketFilterSpec) { s.Family = 5 }, "want IPv4, IPv6 or 0"},
+		{func(s *nke.SocketFilterSpec) { s.Type = 3 }, "want stream or dgram"},
+		{func(s *nke.SocketFilterSpec) { s.Filter = inOnly{} }, "needs SockAttach"},
+	} {
+		s := ok
+		c.edit(&s)
+		if err := s.Check(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: Check = %v, want %q", s, err, c.want)
+		}
+	}
+	for _, c := range []struct {
+		f     nke.IPFamily
+		t     nke.SocketType
+		proto uint8
+		want  bool
+	}{{nke.IPv4, nke.SockStream, 6, true}, {nke.IPv6, nke.SockStream, 6, true}, {nke.IPv4, nke.SockDgram, 17, false}, {nke.IPv4, nke.SockStream, 17, false}} {
+		if got := ok.Matches(c.f, c.t, c.proto); got != c.want {
+			t.Errorf("Matches(%v, %v, %d) = %v", c.f, c.t, c.proto, got)
+		}
+	}
+	if nke.SockEventCantSendMore.String() != "cant-send-more" || nke.SocketEvent(99).String() != "sockevent(99)" {
+		t.Error("event names")
+	}
+}
