@@ -239,10 +239,12 @@ type SocketHook interface {
 	AttachSocketFilter(so Socket, handle uint32) error
 	// InjectDataIn hands data to so as if received, through every
 	// filter's data-in again (sock_inject_data_in); out-of-band data is
-	// refused. On error the data is still the caller's.
-	InjectDataIn(so Socket, from netip.AddrPort, data, control *mbuf.Mbuf, flags DataFlags) error
+	// refused. by, the injecting filter's attachment or nil, goes into
+	// the data's provenance (InjectedByMe), so the filter knows its own. On error the data is
+	// still the caller's.
+	InjectDataIn(so Socket, from netip.AddrPort, data, control *mbuf.Mbuf, flags DataFlags, by Attachment) error
 	// InjectDataOut sends data on so through every filter's data-out
 	// again (sock_inject_data_out); out-of-band data is refused. The
 	// data is consumed, error or not.
-	InjectDataOut(so Socket, to netip.AddrPort, data, control *mbuf.Mbuf, flags DataFlags) error
+	InjectDataOut(so Socket, to netip.AddrPort, data, control *mbuf.Mbuf, flags DataFlags, by Attachment) error
 }
