@@ -24,7 +24,7 @@ type hook struct {
 }
 
 func (h *hook) RegisterSocketFilter(nke.SocketFilterSpec) (nke.Attachment, error) { return nil, nil }
-func (h *hook) AttachSocketFilter(nke.Socket, uint32) error                      { return nil }
+func (h *hook) AttachSocketFilter(nke.Socket, uint32) error                       { return nil }
 func (h *hook) InjectDataIn(nke.Socket, netip.AddrPort, *mbuf.Mbuf, *mbuf.Mbuf, nke.DataFlags, nke.Attachment) error {
 	return nil
 }
