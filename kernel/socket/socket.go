@@ -39,7 +39,6 @@ package socket
 
 import (
 	"bytes"
-	"errors"
 	"io"
 	"net"
 	"os"
@@ -375,10 +374,10 @@ func (s *sock) close() {
 		s.l.mu.Lock()
 		delete(s.l.socks, s)
 		s.l.mu.Unlock()
-		s.detach()
 		s.mu.Lock()
-		s.state |= stDetached
+		s.state |= stDetached // no notify from a late reader or writer now
 		s.mu.Unlock()
+		s.detach()
 	})
 }
 
@@ -544,6 +543,3 @@ func (d *deadline) set(t time.Time) {
 	ch := d.ch
 	d.timer = time.AfterFunc(dur, func() { close(ch) })
 }
-
-// errClosed reports whether err is the layer's net.ErrClosed.
-func errClosed(err error) bool { return errors.Is(err, net.ErrClosed) }
