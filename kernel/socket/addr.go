@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"syscall"
 
@@ -141,8 +140,8 @@ func zone(a tcpip.FullAddress) string {
 }
 
 // tcpipErr converts a stack error into the errno the standard library
-// would report in its place (wrapped as *os.SyscallError, so errors.Is
-// finds the errno), or a plain error naming it.
+// would report in its place (a syscall.Errno, which errors.Is finds
+// inside the *net.OpError), or a plain error naming it.
 func tcpipErr(err tcpip.Error) error {
 	var e syscall.Errno
 	switch err.(type) {
@@ -181,5 +180,5 @@ func tcpipErr(err tcpip.Error) error {
 	default:
 		return errors.New(err.String())
 	}
-	return os.NewSyscallError(err.String(), e)
+	return e
 }

@@ -105,6 +105,7 @@ func TestEventOrder(t *testing.T) {
 
 	a.CloseWrite()
 	expect("close write", false, "A notify:shutdown", "A notify:cantsendmore")
+	io.ReadAll(pc) // all read: the peer's close is a FIN, not a reset
 	pc.Close()
 	if _, err := a.Read(buf); err != io.EOF {
 		t.Fatalf("read after the peer's close: %v", err)
