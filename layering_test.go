@@ -142,6 +142,14 @@ func TestLayeringRules(t *testing.T) {
 		{"kernel/guest", "kernel/kerneltest/conformance", false},
 		{"nke/examples/ipfw", "kernel/kerneltest/conformance", false},
 		{"kernel/services", "kernel/kerneltest", false},
+		// The socket layer sits on netstack, below the services; the
+		// KPI and the drivers never reach up to it.
+		{"kernel/socket", "kernel/netstack", true},
+		{"kernel/services", "kernel/socket", true},
+		{"kernel/socket", "kernel/kerneltest", false},
+		{"nke", "kernel/socket", false},
+		{"nke/examples/ipfw", "kernel/socket", false},
+		{"virtio/virtionet", "kernel/socket", false},
 		{"tools/nkeinit", "kernel/kerneltest", false},
 		{"nke/frametest", "nke", true},
 		{"nke/frametest", "kernel/ifnet", false},

@@ -5,19 +5,23 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/nke-harness/nke/kernel/netstack"
 	"github.com/nke-harness/nke/virtio/devmodel"
 )
 
@@ -29,7 +33,8 @@ type PeerStack struct {
 	r *Rig
 }
 
-// NewPeer puts a gVisor stack on the wire (IPv4 and ARP, TCP and UDP) and
+// NewPeer puts a gVisor stack on the wire (IPv4 and ARP, IPv6 on its
+// link-local address without duplicate address detection, TCP and UDP) and
 // starts the rig's poll loop if it is not running. From then on the frames
 // the guest sends go to the peer, not to Recv. It is torn down at
 // t.Cleanup, before the rig.
@@ -37,7 +42,8 @@ func (r *Rig) NewPeer() *PeerStack {
 	r.T.Helper()
 	ch := channel.New(1024, 1500, tcpip.LinkAddress(r.Peer.MAC))
 	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
+		NetworkProtocols: []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol,
+			ipv6.NewProtocolWithOptions(ipv6.Options{DADConfigs: stack.DADConfigurations{DupAddrDetectTransmits: 0}})},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
 	})
 	if err := s.CreateNIC(1, ethernet.New(ch)); err != nil {
@@ -46,7 +52,10 @@ func (r *Rig) NewPeer() *PeerStack {
 	ip := tcpip.AddrFrom4(r.Peer.IP.As4())
 	s.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber,
 		AddressWithPrefix: tcpip.AddressWithPrefix{Address: ip, PrefixLen: 24}}, stack.AddressProperties{})
-	s.SetRouteTable([]tcpip.Route{{Destination: tcpip.AddressWithPrefix{Address: ip, PrefixLen: 24}.Subnet(), NIC: 1}})
+	s.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv6.ProtocolNumber,
+		AddressWithPrefix: header.LinkLocalAddr(tcpip.LinkAddress(r.Peer.MAC)).WithPrefix()}, stack.AddressProperties{})
+	s.SetRouteTable([]tcpip.Route{{Destination: tcpip.AddressWithPrefix{Address: ip, PrefixLen: 24}.Subnet(), NIC: 1},
+		{Destination: header.IPv6EmptySubnet, NIC: 1}})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	toPeer := make(chan []byte, 1024)
@@ -121,4 +130,52 @@ func (p *PeerStack) DialUDP(port uint16) (*gonet.UDPConn, error) {
 		return nil, errors.New("kerneltest: peer UDP: " + err.Error())
 	}
 	return c, nil
+}
+
+// GuestIP6 is the guest's link-local IPv6 address (from its MAC).
+func (p *PeerStack) GuestIP6() netip.Addr {
+	return netip.AddrFrom16(header.LinkLocalAddr(tcpip.LinkAddress(p.r.Guest.MAC)).As16())
+}
+
+// PeerIP6 is the peer's link-local IPv6 address.
+func (p *PeerStack) PeerIP6() netip.Addr {
+	return netip.AddrFrom16(header.LinkLocalAddr(tcpip.LinkAddress(p.r.Peer.MAC)).As16())
+}
+
+func (p *PeerStack) guest6(port uint16) tcpip.FullAddress {
+	return tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom16(p.GuestIP6().As16()), Port: port}
+}
+
+// Dial6 opens a TCP connection to the guest's port over IPv6. The
+// guest's link-local address is usable once its duplicate address
+// detection is over: see WaitIPv6.
+func (p *PeerStack) Dial6(ctx context.Context, port uint16) (net.Conn, error) {
+	return gonet.DialContextTCP(ctx, p.Stack, p.guest6(port), ipv6.ProtocolNumber)
+}
+
+// DialUDP6 opens a UDP socket over IPv6 connected to the guest's port.
+func (p *PeerStack) DialUDP6(port uint16) (*gonet.UDPConn, error) {
+	a := p.guest6(port)
+	c, err := gonet.DialUDP(p.Stack, nil, &a, ipv6.ProtocolNumber)
+	if err != nil {
+		return nil, errors.New("kerneltest: peer UDP6: " + err.Error())
+	}
+	return c, nil
+}
+
+// WaitIPv6 waits until the guest's link-local address has passed
+// duplicate address detection (about a second after the stack is
+// built), failing the test after timeout.
+func (r *Rig) WaitIPv6(timeout time.Duration) {
+	r.T.Helper()
+	want := header.LinkLocalAddr(tcpip.LinkAddress(r.Guest.MAC))
+	for deadline := time.Now().Add(timeout); ; {
+		if a, err := r.Stack.GetMainNICAddress(netstack.NICID, ipv6.ProtocolNumber); err == nil && a.Address == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.T.Fatalf("kerneltest: the guest's IPv6 address %v is not assigned after %v", want, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -1,7 +1,7 @@
-// Package services runs the guest's own network services on netstack
-// sockets: an HTTP status page (text at /, JSON at /stats), TCP echo and UDP
-// echo. They are what host tests talk to, through QEMU's port forwards or a
-// raw frame peer.
+// Package services runs the guest's own network services on the guest's
+// socket layer (kernel/socket): an HTTP status page (text at /, JSON at
+// /stats), TCP echo and UDP echo, each on IPv4 and IPv6. They are what
+// host tests talk to, through QEMU's port forwards or a raw frame peer.
 package services
 
 import (
@@ -14,11 +14,8 @@ import (
 	"sync"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-
 	"github.com/nke-harness/nke/kernel/netstack"
+	"github.com/nke-harness/nke/kernel/socket"
 )
 
 // Config chooses ports and the status source.
@@ -32,11 +29,13 @@ type Config struct {
 	Logf func(format string, args ...any)
 }
 
-// Services are the running listeners.
+// Services are the running listeners, on sockets of the guest's socket
+// layer (kernel/socket), each service on IPv4 and IPv6.
 type Services struct {
+	layer   *socket.Layer
 	http    *http.Server
-	tcpEcho net.Listener
-	udpEcho *gonet.UDPConn
+	tcpEcho []net.Listener
+	udpEcho []net.PacketConn
 	wg      sync.WaitGroup
 	logf    func(string, ...any)
 
@@ -45,7 +44,8 @@ type Services struct {
 	conns map[net.Conn]struct{}
 }
 
-// Start opens the listeners on s and serves them until Close.
+// Start opens the listeners on s, on IPv4 and on IPv6 (the guest's
+// link-local address), and serves them until Close.
 func Start(s *netstack.Stack, cfg Config) (*Services, error) {
 	if cfg.HTTPPort == 0 {
 		cfg.HTTPPort = 80
@@ -56,39 +56,53 @@ func Start(s *netstack.Stack, cfg Config) (*Services, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	addr := func(port uint16) tcpip.FullAddress { return tcpip.FullAddress{NIC: netstack.NICID, Port: port} }
-	hl, err := gonet.ListenTCP(s.Stack, addr(cfg.HTTPPort), ipv4.ProtocolNumber)
-	if err != nil {
-		return nil, fmt.Errorf("services: listen tcp :%d: %v", cfg.HTTPPort, err)
+	sv := &Services{layer: socket.New(s), logf: cfg.Logf, conns: map[net.Conn]struct{}{}}
+	var hls []net.Listener
+	fail := func(err error) (*Services, error) {
+		sv.layer.Close()
+		return nil, fmt.Errorf("services: %v", err)
 	}
-	el, err := gonet.ListenTCP(s.Stack, addr(cfg.EchoPort), ipv4.ProtocolNumber)
-	if err != nil {
-		hl.Close()
-		return nil, fmt.Errorf("services: listen tcp :%d: %v", cfg.EchoPort, err)
-	}
-	uc, err := gonet.DialUDP(s.Stack, &tcpip.FullAddress{NIC: netstack.NICID, Port: cfg.EchoPort}, nil, ipv4.ProtocolNumber)
-	if err != nil {
-		hl.Close()
-		el.Close()
-		return nil, fmt.Errorf("services: listen udp :%d: %v", cfg.EchoPort, err)
-	}
-	sv := &Services{tcpEcho: el, udpEcho: uc, logf: cfg.Logf, conns: map[net.Conn]struct{}{}}
-	sv.http = &http.Server{Handler: statusHandler(cfg), ReadHeaderTimeout: 10 * time.Second}
-	sv.wg.Add(3)
-	go func() {
-		defer sv.wg.Done()
-		if err := sv.http.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			cfg.Logf("http: %v", err)
+	for _, fam := range []string{"4", "6"} {
+		hl, err := sv.layer.Listen("tcp"+fam, fmt.Sprintf(":%d", cfg.HTTPPort))
+		if err != nil {
+			return fail(err)
 		}
-	}()
-	go func() { defer sv.wg.Done(); sv.serveTCPEcho() }()
-	go func() { defer sv.wg.Done(); sv.serveUDPEcho() }()
+		hls = append(hls, hl)
+		el, err := sv.layer.Listen("tcp"+fam, fmt.Sprintf(":%d", cfg.EchoPort))
+		if err != nil {
+			return fail(err)
+		}
+		sv.tcpEcho = append(sv.tcpEcho, el)
+		uc, err := sv.layer.ListenPacket("udp"+fam, fmt.Sprintf(":%d", cfg.EchoPort))
+		if err != nil {
+			return fail(err)
+		}
+		sv.udpEcho = append(sv.udpEcho, uc)
+	}
+	sv.http = &http.Server{Handler: statusHandler(cfg), ReadHeaderTimeout: 10 * time.Second}
+	for _, hl := range hls {
+		sv.wg.Add(1)
+		go func() {
+			defer sv.wg.Done()
+			if err := sv.http.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				cfg.Logf("http: %v", err)
+			}
+		}()
+	}
+	for _, el := range sv.tcpEcho {
+		sv.wg.Add(1)
+		go func() { defer sv.wg.Done(); sv.serveTCPEcho(el) }()
+	}
+	for _, uc := range sv.udpEcho {
+		sv.wg.Add(1)
+		go func() { defer sv.wg.Done(); sv.serveUDPEcho(uc) }()
+	}
 	return sv, nil
 }
 
-func (sv *Services) serveTCPEcho() {
+func (sv *Services) serveTCPEcho(ln net.Listener) {
 	for {
-		c, err := sv.tcpEcho.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
@@ -112,14 +126,14 @@ func (sv *Services) serveTCPEcho() {
 	}
 }
 
-func (sv *Services) serveUDPEcho() {
+func (sv *Services) serveUDPEcho(uc net.PacketConn) {
 	buf := make([]byte, 65536)
 	for {
-		n, from, err := sv.udpEcho.ReadFrom(buf)
+		n, from, err := uc.ReadFrom(buf)
 		if err != nil {
 			return
 		}
-		if _, err := sv.udpEcho.WriteTo(buf[:n], from); err != nil {
+		if _, err := uc.WriteTo(buf[:n], from); err != nil {
 			sv.logf("udp echo to %v: %v", from, err)
 		}
 	}
@@ -130,13 +144,18 @@ func (sv *Services) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := sv.http.Shutdown(ctx)
-	sv.tcpEcho.Close()
-	sv.udpEcho.Close()
+	for _, el := range sv.tcpEcho {
+		el.Close()
+	}
+	for _, uc := range sv.udpEcho {
+		uc.Close()
+	}
 	sv.mu.Lock()
 	for c := range sv.conns {
 		c.Close()
 	}
 	sv.mu.Unlock()
 	sv.wg.Wait()
+	sv.layer.Close()
 	return err
 }

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-
 	"github.com/nke-harness/nke/kernel/kerneltest"
 	"github.com/nke-harness/nke/kernel/services"
 	"github.com/nke-harness/nke/virtio/virtionet"
@@ -84,7 +82,7 @@ func TestStatusPageAndEcho(t *testing.T) {
 	rand.Read(payload)
 	go func() {
 		c.Write(payload)
-		c.(*gonet.TCPConn).CloseWrite()
+		c.(interface{ CloseWrite() error }).CloseWrite()
 	}()
 	h := sha256.New()
 	n, err := io.Copy(h, c)
@@ -110,6 +108,61 @@ func TestStatusPageAndEcho(t *testing.T) {
 	}
 	if s := drv.Stats(); s.RxDrops()+s.TxDrops() != 0 || s.DeviceErrors != 0 {
 		t.Errorf("drops or errors: %+v", s)
+	}
+}
+
+// The same services on the guest's link-local IPv6 address.
+func TestIPv6(t *testing.T) {
+	r := kerneltest.New(t, kerneltest.WithStack())
+	p := r.NewPeer()
+	sv, err := services.Start(r.Stack, services.Config{Status: func() any { return map[string]int{"answer": 42} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sv.Close() })
+	r.WaitIPv6(10 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return p.Dial6(ctx, 80)
+	}}}
+	resp, err := client.Get("http://[" + p.GuestIP6().String() + "]/stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `"answer": 42`) {
+		t.Fatalf("status over IPv6: %q", body)
+	}
+	client.CloseIdleConnections()
+
+	c, err := p.Dial6(ctx, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := make([]byte, 256<<10)
+	rand.Read(payload)
+	go func() {
+		c.Write(payload)
+		c.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	c.Close()
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("echo over IPv6: %d of %d bytes, %v", len(got), len(payload), err)
+	}
+
+	uc, err := p.DialUDP6(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	uc.SetDeadline(time.Now().Add(10 * time.Second))
+	uc.Write([]byte("ping over udp6"))
+	buf := make([]byte, 100)
+	if k, err := uc.Read(buf); err != nil || string(buf[:k]) != "ping over udp6" {
+		t.Fatalf("udp echo over IPv6: %q %v", buf[:k], err)
 	}
 }
 
