@@ -203,29 +203,34 @@ func (fs *Filters) runData(out bool, addr netip.AddrPort, data, control **mbuf.M
 	if out {
 		lane = 1
 	}
+	// One call in SampleEvery times each of its filters.
+	sample := fs.calls.Add(1)%hook.SampleEvery == 0
+	var b hook.Burst
+	b.Packets = 1
+	var cur *mbuf.Mbuf
 	for _, e := range s.Entries {
 		sa := e.Filter
 		if (out && sa.f.out == nil) || (!out && sa.f.in == nil) || !e.Attached() || *data == nil {
 			continue
 		}
-		var b hook.Burst
-		b.Packets, b.Bytes = 1, uint64((*data).PktLen())
-		(*data).SetHolder(e.ID)
+		if *data != cur { // replaced (or the first)
+			cur = *data
+			b.Bytes = uint64(cur.PktLen())
+		}
+		// Marked as the filter's for the call: what it swallows stays
+		// marked until it gives it back, even when it re-injects it
+		// before returning. The next filter's mark replaces it.
+		cur.SetHolder(e.ID)
 		if control != nil && *control != nil {
 			(*control).SetHolder(e.ID)
 		}
-		err, faulted := fs.callData(e, lane, out, addr, data, control, flags)
+		err, faulted := fs.callData(e, sample, lane, out, addr, data, control, flags)
 		if faulted {
 			err = nil // goes on as if it had passed the data
 		}
+		b.Verdicts[nke.Swallow], b.Verdicts[nke.Drop] = 0, 0
 		switch {
 		case err == nil:
-			if *data != nil {
-				(*data).ClearHolder()
-			}
-			if control != nil && *control != nil {
-				(*control).ClearHolder()
-			}
 			e.Stats.Add(lane, &b)
 		case err == nke.ErrSwallowed || errors.Is(err, nke.ErrSwallowed):
 			b.Verdicts[nke.Swallow] = 1
@@ -234,23 +239,28 @@ func (fs *Filters) runData(out bool, addr netip.AddrPort, data, control **mbuf.M
 		default:
 			b.Verdicts[nke.Drop] = 1
 			e.Stats.Add(lane, &b)
-			if *data != nil {
-				(*data).ClearHolder()
-			}
-			if control != nil && *control != nil {
-				(*control).ClearHolder()
-			}
+			clearHolders(data, control)
 			return false, err
 		}
 	}
+	clearHolders(data, control)
 	return false, nil
 }
 
-// callData calls one filter's data in or out, timing one call in
-// hook.SampleEvery; a panic is a fault (the entry is detached).
-func (fs *Filters) callData(e *hook.Entry[*sockAtt], lane int, out bool, addr netip.AddrPort, data, control **mbuf.Mbuf, flags nke.DataFlags) (err error, faulted bool) {
+func clearHolders(data, control **mbuf.Mbuf) {
+	if *data != nil {
+		(*data).ClearHolder()
+	}
+	if control != nil && *control != nil {
+		(*control).ClearHolder()
+	}
+}
+
+// callData calls one filter's data in or out, timed if sample; a panic
+// is a fault (the entry is detached).
+func (fs *Filters) callData(e *hook.Entry[*sockAtt], sample bool, lane int, out bool, addr netip.AddrPort, data, control **mbuf.Mbuf, flags nke.DataFlags) (err error, faulted bool) {
 	var start time.Time
-	if fs.calls.Add(1)%hook.SampleEvery == 0 {
+	if sample {
 		start = time.Now()
 	}
 	defer func() {
@@ -265,7 +275,7 @@ func (fs *Filters) callData(e *hook.Entry[*sockAtt], lane int, out bool, addr ne
 	} else {
 		err = sa.f.in.SockDataIn(sa.cookie, fs.so, addr, data, control, flags)
 	}
-	if !start.IsZero() {
+	if sample {
 		e.Stats.AddSample(lane, 1, uint64(time.Since(start)))
 	}
 	return err, false

@@ -512,7 +512,11 @@ func TestControlRule(t *testing.T) {
 				if tc.nextRuns {
 					want = append(want, "second:"+c.cb)
 				}
-				wantCalls(t, l, want...)
+				// A faulting filter's detach comes when it comes.
+				got := slices.DeleteFunc(l.take(), func(s string) bool { return s == "first:detach" })
+				if !slices.Equal(got, want) {
+					t.Errorf("calls %q, want %q", got, want)
+				}
 				if tc.panics != (faults == 1) || (tc.panics && !slices.Equal(fs.Names(), []string{"com.test.second"})) {
 					t.Errorf("%d faults, filters %q", faults, fs.Names())
 				}
