@@ -23,9 +23,9 @@ import (
 type dataFilter struct {
 	name    string
 	noPanic bool
-	mu   sync.Mutex
-	seen []string
-	kept []*mbuf.Mbuf
+	mu      sync.Mutex
+	seen    []string
+	kept    []*mbuf.Mbuf
 }
 
 func (d *dataFilter) SockAttach(nke.Socket) (any, error) { return nil, nil }
