@@ -47,6 +47,9 @@ func (fs *Filters) Gone() []hook.Gone { return fs.chain.Gone() }
 // the socket has the filter already through a concurrent path (global and
 // extended racing), and an error when refused.
 func (fs *Filters) attach(f *filter) (*sockAtt, error) {
+	// An unregister that happened meanwhile may finish here, outside the
+	// socket's lock.
+	defer f.maybeFinish()
 	fs.attachMu.Lock()
 	defer fs.attachMu.Unlock()
 	if fs.closed {
@@ -64,7 +67,6 @@ func (fs *Filters) attach(f *filter) (*sockAtt, error) {
 	}
 	f.attaching++
 	f.mu.Unlock()
-	defer f.maybeFinish()
 	sa := &sockAtt{f: f, fs: fs, ready: make(chan struct{})}
 	var err error
 	if fs.reg.guard(f, "attach", func() { sa.cookie, err = f.sf.SockAttach(fs.so) }) {
