@@ -181,7 +181,10 @@ func (fs *Filters) Notify(ev nke.SocketEvent) {
 // appended to the receive buffer. Filters may replace *data and
 // *control. swallowed: a filter owns the data now, the caller forgets it.
 // A non-nil error: a filter refused it, the caller frees *data and
-// *control and drops them. Otherwise the caller appends *data.
+// *control and drops them. Otherwise the caller appends *data (a filter
+// that set it to nil took it: nothing to append) and *control. A filter
+// that panics is detached and counts as having passed *data as it was
+// then.
 func (fs *Filters) DataIn(from netip.AddrPort, data, control **mbuf.Mbuf, flags nke.DataFlags) (swallowed bool, err error) {
 	if fs.chain.Empty() {
 		return false, nil

@@ -13,6 +13,12 @@
 // atomic load per call; data calls with filters attached allocate
 // nothing.
 //
+// Callbacks may call into the registry (inject, register, unregister)
+// except that SockAttach must not attach filters to the socket it is
+// attaching to (the socket's attach lock is held). SockDetach and
+// Unregistered run on a goroutine of their own, or, for Unregistered when
+// no socket had the filter, inside the Detach that unregisters it.
+//
 // Semantics decided here:
 //
 //   - Registration refuses a duplicate handle and a duplicate name
@@ -33,9 +39,10 @@
 //     and still holds is freed at its detach (marked with the entry's id,
 //     mbuf.ReclaimHeld), and counted as Reclaimed.
 //   - Data handed to a filter is marked as held by it for the call
-//     (m.SetHolder) and unmarked when the filter passes it, so data a
-//     filter swallows stays marked until it re-injects or frees it, even
-//     when it re-injects before returning.
+//     (m.SetHolder; the next filter's mark replaces it, and the mark is
+//     cleared when the data leaves the filters), so data a filter
+//     swallows stays marked until it re-injects or frees it, even when it
+//     re-injects before returning.
 //   - InjectDataIn returns an error only when the data is still the
 //     caller's: refused before any filter ran (unknown or closed socket,
 //     out-of-band, ErrInjectLoop). Once the filters run it is consumed, as
@@ -45,10 +52,12 @@
 package sockfilter
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
 	"runtime/debug"
+	"slices"
 	"sync"
 
 	"github.com/nke-harness/nke/kernel/hook"
@@ -373,11 +382,7 @@ func (r *Registry) Filters() []FilterStatus {
 		}
 		out = append(out, st)
 	}
-	for i := 1; i < len(out); i++ {
-		for j := i; j > 0 && out[j].Handle < out[j-1].Handle; j-- {
-			out[j], out[j-1] = out[j-1], out[j]
-		}
-	}
+	slices.SortFunc(out, func(a, b FilterStatus) int { return cmp.Compare(a.Handle, b.Handle) })
 	return out
 }
 
