@@ -465,3 +465,116 @@ func BenchmarkDataOut(b *testing.B) {
 		})
 	}
 }
+
+// Sockets made and closed while an extended global filter is registered
+// and unregistered over and over: every SockAttach that succeeded gets
+// exactly one SockDetach, no call comes after it, and each registration
+// ends with its Unregistered. Run under -race.
+func TestChurn(t *testing.T) {
+	pool := mbuftest.NewPool(t, "sf", 16, 2048, 64)
+	mbuftest.CheckPools(t, pool)
+	r := sockfilter.New(func(f hook.Fault) { t.Errorf("fault %v", f) })
+	c := &counting{}
+	var attaches atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 3; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				so := nketest.TCP("10.0.2.15:1", "10.0.2.2:2")
+				fs := r.NewSocket(so, &endpoint{state: sockfilter.StateConnected})
+				if m := pool.AllocPacket(8); m != nil {
+					fs.DataOut(so.Remote, &m, nil, 0)
+					m.Free()
+				}
+				fs.Notify(nke.SockEventClosing)
+				fs.Close()
+			}
+		}()
+	}
+	for i := 0; i < 200; i++ {
+		var unreg atomic.Int64
+		spec := tcpSpec("com.test.churn", 1, &attachCounter{c, &attaches})
+		spec.Extended = true
+		spec.Unregistered = func() { unreg.Add(1) }
+		a := mustRegister(t, r, spec)
+		a.Detach()
+		<-a.Done()
+		if unreg.Load() != 1 {
+			t.Fatalf("round %d: Unregistered %d times", i, unreg.Load())
+		}
+		if c.live.Load() != 0 {
+			t.Fatalf("round %d: Unregistered with %d sockets attached", i, c.live.Load())
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if attaches.Load() != c.detaches.Load() || c.late.Load() != 0 {
+		t.Errorf("%d attaches, %d detaches, %d late calls", attaches.Load(), c.detaches.Load(), c.late.Load())
+	}
+}
+
+type attachCounter struct {
+	*counting
+	n *atomic.Int64
+}
+
+func (a *attachCounter) SockAttach(so nke.Socket) (any, error) {
+	a.n.Add(1)
+	return a.counting.SockAttach(so)
+}
+
+// A panicking SockAttach is a refusal, reported; an attach the chain
+// refuses for its order after SockAttach succeeded gets its SockDetach; a
+// panic in notify detaches the filter from that socket.
+func TestAttachEdges(t *testing.T) {
+	l := &log{}
+	var faults atomic.Int64
+	r := sockfilter.New(func(hook.Fault) { faults.Add(1) })
+	p := &rec{name: "p", log: l}
+	pa := mustRegister(t, r, tcpSpec("com.test.p", 1, &panicAttach{p}))
+	so := nketest.TCP("10.0.2.15:1", "10.0.2.2:2")
+	fs := r.NewSocket(so, &endpoint{})
+	if !fs.Empty() || faults.Load() != 1 {
+		t.Errorf("after a panicking attach: filters %q, %d faults", fs.Names(), faults.Load())
+	}
+	waitDone(t, pa)
+
+	s := tcpSpec("com.test.o", 2, &rec{name: "o", log: l})
+	s.Global = false
+	s.Order = nke.Order{After: []string{"com.test.absent"}}
+	mustRegister(t, r, s)
+	if err := r.AttachSocketFilter(so, 2); !errors.Is(err, hook.ErrOrder) {
+		t.Errorf("attach with an unmet order: %v", err)
+	}
+	wantCalls(t, l, "p:attach", "o:attach", "o:detach")
+
+	n := &rec{name: "n", log: l, panics: "notify connected"}
+	mustRegister(t, r, tcpSpec("com.test.n", 3, n))
+	fs2 := r.NewSocket(nketest.TCP("10.0.2.15:3", "10.0.2.2:4"), &endpoint{})
+	fs2.Notify(nke.SockEventConnected)
+	fs2.Notify(nke.SockEventClosing)
+	for deadline := time.Now().Add(5 * time.Second); len(fs2.Gone()) == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	wantCalls(t, l, "n:attach", "n:notify connected", "n:detach")
+	if !fs2.Empty() || faults.Load() != 2 {
+		t.Errorf("after a panicking notify: filters %q, %d faults", fs2.Names(), faults.Load())
+	}
+	fs.Close()
+	fs2.Close()
+}
+
+type panicAttach struct{ *rec }
+
+func (p *panicAttach) SockAttach(so nke.Socket) (any, error) {
+	p.rec.SockAttach(so)
+	panic("attach")
+}
