@@ -30,8 +30,12 @@
 //	peerName      sf_getpeername   RemoteAddr
 //	sockName      sf_getsockname   LocalAddr, Addr
 //
-// No filter runs yet: the seams do the operation and nothing else, and
-// cost nothing beyond gVisor's gonet adapters (docs/performance.md).
+// A layer made with WithFilters runs the socket filters of a
+// kernel/sockfilter Registry at these points (filter.go): each seam calls
+// the socket's sockfilter.Filters. Without a registry, or on a socket no
+// filter is attached to, a seam does the operation and nothing else (one
+// atomic load more), and costs nothing beyond gVisor's gonet adapters
+// (docs/performance.md).
 //
 // The layer starts no goroutine: a socket waits for its endpoint through
 // one waiter entry registered for its lifetime, and deadlines are timers.
@@ -41,14 +45,19 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/nke-harness/nke/kernel/netstack"
+	"github.com/nke-harness/nke/kernel/sockfilter"
+	"github.com/nke-harness/nke/nke"
+	"github.com/nke-harness/nke/nke/mbuf"
 )
 
 // Layer is the socket layer of one stack: it creates the sockets and
@@ -57,6 +66,10 @@ type Layer struct {
 	s *netstack.Stack
 	// trace, set only by internal tests, sees every seam a socket passes.
 	trace func(s *sock, what string)
+	// reg runs the socket filters (nil: none); pool holds the data they
+	// see, made with the layer when reg is set.
+	reg  *sockfilter.Registry
+	pool *mbuf.Pool
 
 	mu sync.Mutex
 	// +checklocks:mu
@@ -65,9 +78,17 @@ type Layer struct {
 	closed bool
 }
 
-// New returns the socket layer over s.
-func New(s *netstack.Stack) *Layer {
-	return &Layer{s: s, socks: map[*sock]struct{}{}}
+// New returns the socket layer over s. With WithFilters its sockets run
+// the registry's socket filters.
+func New(s *netstack.Stack, opts ...LayerOption) *Layer {
+	l := &Layer{s: s, socks: map[*sock]struct{}{}}
+	for _, o := range opts {
+		o(l)
+	}
+	if l.reg != nil && l.pool == nil {
+		l.pool = newFilterPool()
+	}
+	return l
 }
 
 // Close closes every socket of the layer (blocked calls return
@@ -135,6 +156,10 @@ const (
 	stCantRecv
 	stCantSend
 	stDetached
+	stBound
+	stListening
+	stConnecting
+	stDisconnecting
 )
 
 // sock is the state every socket shares: the endpoint, its waiter
@@ -152,6 +177,10 @@ type sock struct {
 	once   sync.Once
 	rd     deadline // reads and accepts
 	wr     deadline
+	id     uint64
+	// fs is the socket's filters, set at attach when the layer has a
+	// registry (nil otherwise) and never changed.
+	fs *sockfilter.Filters
 
 	// readMu serializes readers; rbuf is the reader's buffer as the
 	// endpoint's io.Writer.
@@ -164,27 +193,57 @@ type sock struct {
 	// +checklocks:writeMu
 	wbuf bytes.Reader
 
+	// outMu serializes what goes to the endpoint from the filtered send
+	// path and injected data (SendOut); obuf is its Payloader.
+	outMu sync.Mutex
+	// +checklocks:outMu
+	obuf chainReader
+
+	// rqAny says the receive queue may hold data (read without rqMu).
+	rqAny atomic.Bool
+	rqMu  sync.Mutex
+	// +checklocks:rqMu
+	rq []rqEntry
+	// +checklocks:rqMu
+	rqHead int
+	// +checklocks:rqMu
+	rqClosed bool
+
 	mu sync.Mutex
 	// +checklocks:mu
 	state int
+	// +checklocks:mu
+	laddr netip.AddrPort
+	// +checklocks:mu
+	raddr netip.AddrPort
+	// +checklocks:mu
+	progs []uint32 // filters attached on request (SO_NKE), inherited by accepted sockets
 }
 
 // newSock makes ep (whose waiter queue is wq) a socket of the layer:
 // the one place sockets are created, where filters will attach.
 func (l *Layer) newSock(k kind, v6 bool, ep tcpip.Endpoint, wq *waiter.Queue) (*sock, error) {
-	s := &sock{l: l, kind: k, v6: v6, ep: ep, wq: wq,
+	s := &sock{l: l, kind: k, v6: v6, ep: ep, wq: wq, id: sockIDs.Add(1),
 		rdWake: make(chan struct{}, 1), wrWake: make(chan struct{}, 1), closed: make(chan struct{})}
+	s.entry.Init(s, waiter.ReadableEvents|waiter.WritableEvents|waiter.EventErr|waiter.EventHUp)
+	wq.EventRegister(&s.entry)
+	s.attach()
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		ep.Close()
+		s.once.Do(func() {
+			close(s.closed)
+			ep.Close()
+			wq.EventUnregister(&s.entry)
+			s.mu.Lock()
+			s.state |= stDetached
+			s.mu.Unlock()
+			s.detach()
+		})
 		return nil, net.ErrClosed
 	}
 	l.socks[s] = struct{}{}
 	l.mu.Unlock()
-	s.entry.Init(s, waiter.ReadableEvents|waiter.WritableEvents|waiter.EventErr|waiter.EventHUp)
-	wq.EventRegister(&s.entry)
-	s.attach()
 	return s, nil
 }
 
@@ -213,11 +272,29 @@ func (s *sock) tr(what string) {
 
 // --- The seams. ---
 
-// attach is sf_attach: the socket has just been created.
-func (s *sock) attach() { s.tr("attach") }
+// filtered reports whether a filter is attached to the socket: one
+// atomic load when the layer has a registry.
+func (s *sock) filtered() bool { return s.fs != nil && !s.fs.Empty() }
 
-// detach is sf_detach: the socket is released, after closing.
-func (s *sock) detach() { s.tr("detach") }
+// attach is sf_attach: the socket has just been created; the registry's
+// matching global filters attach to it.
+func (s *sock) attach() {
+	s.tr("attach")
+	if s.l.reg != nil {
+		s.fs = s.l.reg.NewSocket(s, s)
+	}
+}
+
+// detach is sf_detach: the socket is released, after closing. Every
+// filter detaches (once its calls in flight return); what the receive
+// queue still holds is freed.
+func (s *sock) detach() {
+	s.tr("detach")
+	if s.fs != nil {
+		s.fs.Close()
+		s.freeRecvQueue()
+	}
+}
 
 // notify is sf_notify: every event of a socket's life goes through it.
 // Each of connected, disconnected, can't-receive-more and can't-send-more
@@ -233,6 +310,12 @@ func (s *sock) notify(ev Event) {
 		bit = stCantRecv
 	case EvCantSendMore:
 		bit = stCantSend
+	case EvBound:
+		bit = stBound
+	case EvConnecting:
+		bit = stConnecting
+	case EvDisconnecting:
+		bit = stDisconnecting
 	}
 	s.mu.Lock()
 	if s.state&stDetached != 0 || s.state&bit != 0 {
@@ -242,14 +325,23 @@ func (s *sock) notify(ev Event) {
 	s.state |= bit
 	s.mu.Unlock()
 	s.tr("notify:" + ev.String())
+	if s.fs != nil {
+		s.fs.Notify(nke.SocketEvent(ev))
+	}
 }
 
 // dataIn is sf_data_in: data the transport received (from is the
-// sender of a datagram, nil on a stream), in the reader's buffer,
-// before the reader is given it. It returns the data the reader gets.
-func (s *sock) dataIn(from *tcpip.FullAddress, data []byte) []byte {
+// sender of a datagram, nil on a stream; trunc: the datagram was longer
+// than data), in the reader's buffer, before the reader is given it. It
+// returns the data the reader gets; with filters that is none: what they
+// pass goes to the receive queue, which the reader reads next.
+func (s *sock) dataIn(from *tcpip.FullAddress, data []byte, trunc bool) []byte {
 	s.tr("data_in")
-	return data
+	if !s.filtered() || len(data) == 0 {
+		return data
+	}
+	s.filterIn(from, data, trunc)
+	return nil
 }
 
 // dataOut is sf_data_out: data to send (to: a datagram's destination,
@@ -263,72 +355,159 @@ func (s *sock) dataOut(to *tcpip.FullAddress, data []byte) (int64, tcpip.Error) 
 	return s.ep.Write(&s.wbuf, tcpip.WriteOptions{To: to})
 }
 
+// The control seams follow the control rule: a filter's error is
+// returned (ferr, which callers put in the *net.OpError), a filter's
+// nke.ErrSwallowed makes the operation succeed without being done.
+
 // connectIn is sf_connect_in on a listener: a new connection from peer,
-// before it is accepted. An error refuses it.
+// before it is accepted (gVisor has completed the handshake). An error
+// refuses it.
 func (s *sock) connectIn(peer tcpip.FullAddress) error {
 	s.tr("connect_in")
-	return nil
+	if !s.filtered() {
+		return nil
+	}
+	return s.fs.ConnectIn(addrPort(peer))
 }
 
 // connectOut is sf_connect_out: an outgoing connect to addr, handed to
 // the transport.
-func (s *sock) connectOut(addr tcpip.FullAddress) tcpip.Error {
+func (s *sock) connectOut(addr tcpip.FullAddress) (terr tcpip.Error, ferr error) {
 	s.tr("connect_out")
-	return s.ep.Connect(addr)
+	if s.filtered() {
+		if done, err := s.fs.ConnectOut(addrPort(addr)); done || err != nil {
+			return nil, err
+		}
+	}
+	return s.ep.Connect(addr), nil
 }
 
 // bind is sf_bind: an explicit bind to addr; bound is notified when it
 // succeeds.
-func (s *sock) bind(addr tcpip.FullAddress) tcpip.Error {
+func (s *sock) bind(addr tcpip.FullAddress) (terr tcpip.Error, ferr error) {
 	s.tr("bind")
+	if s.filtered() {
+		if done, err := s.fs.Bind(addrPort(addr)); done || err != nil {
+			return nil, err
+		}
+	}
 	if err := s.ep.Bind(addr); err != nil {
-		return err
+		return err, nil
 	}
 	s.notify(EvBound)
-	return nil
+	return nil, nil
 }
 
 // listen is sf_listen.
-func (s *sock) listen(backlog int) tcpip.Error {
+func (s *sock) listen(backlog int) (terr tcpip.Error, ferr error) {
 	s.tr("listen")
-	return s.ep.Listen(backlog)
+	if s.filtered() {
+		if done, err := s.fs.Listen(); done || err != nil {
+			return nil, err
+		}
+	}
+	if err := s.ep.Listen(backlog); err != nil {
+		return err, nil
+	}
+	s.mu.Lock()
+	s.state |= stListening
+	s.mu.Unlock()
+	return nil, nil
 }
 
 // accept is sf_accept on a listener: c, connected, is about to be
-// returned by Accept. An error closes it and goes to Accept's caller.
-func (s *sock) accept(c *sock) error {
+// returned by Accept; c's filters say what becomes of it.
+func (s *sock) accept(c *sock) (sockfilter.AcceptResult, error) {
 	s.tr("accept")
-	return nil
+	if !c.filtered() {
+		return sockfilter.AcceptOK, nil
+	}
+	return c.fs.Accept(s, c.LocalAddr(), c.RemoteAddr())
 }
 
-// setOption is sf_setoption: every option set goes through it.
+// setOption is sf_setoption: every option set goes through it. A filter
+// may change the value set (opt.Value).
 func (s *sock) setOption(o Option, v int) error {
 	s.tr("setoption")
+	if s.filtered() {
+		opt := o.sockOpt(v)
+		if done, err := s.fs.SetOption(&opt); done || err != nil {
+			return err
+		}
+		v = optValue(opt.Value, v)
+	}
+	if o == OptNKE {
+		return s.attachFilter(uint32(v))
+	}
 	return o.set(s.ep, v)
 }
 
-// getOption is sf_getoption.
+// getOption is sf_getoption: a filter that swallows it answers (its
+// opt.Value).
 func (s *sock) getOption(o Option) (int, error) {
 	s.tr("getoption")
+	if s.filtered() {
+		opt := o.sockOpt(0)
+		if done, err := s.fs.GetOption(&opt); err != nil {
+			return 0, err
+		} else if done {
+			return optValue(opt.Value, 0), nil
+		}
+	}
 	return o.get(s.ep)
 }
 
-// ioctl is sf_ioctl.
+// ioctl is sf_ioctl: a filter that swallows it answers (its arg).
 func (s *sock) ioctl(req Ioctl) (int, error) {
 	s.tr("ioctl")
+	if s.filtered() {
+		arg := make([]byte, 4)
+		if done, err := s.fs.Ioctl(req.cmd(), arg); err != nil {
+			return 0, err
+		} else if done {
+			return optValue(arg, 0), nil
+		}
+	}
 	return req.do(s.ep)
 }
 
-// peerName is sf_getpeername.
-func (s *sock) peerName() (tcpip.FullAddress, tcpip.Error) {
+// peerName is sf_getpeername: filters see the address the socket would
+// report and may change it.
+func (s *sock) peerName() (tcpip.FullAddress, error) {
 	s.tr("getpeername")
-	return s.ep.GetRemoteAddress()
+	a, terr := s.ep.GetRemoteAddress()
+	return s.nameFilter(a, terr, (*sockfilter.Filters).GetPeerName)
 }
 
-// sockName is sf_getsockname.
-func (s *sock) sockName() (tcpip.FullAddress, tcpip.Error) {
+// sockName is sf_getsockname, as peerName.
+func (s *sock) sockName() (tcpip.FullAddress, error) {
 	s.tr("getsockname")
-	return s.ep.GetLocalAddress()
+	a, terr := s.ep.GetLocalAddress()
+	return s.nameFilter(a, terr, (*sockfilter.Filters).GetSockName)
+}
+
+func (s *sock) nameFilter(a tcpip.FullAddress, terr tcpip.Error, call func(*sockfilter.Filters, *netip.AddrPort) (bool, error)) (tcpip.FullAddress, error) {
+	if !s.filtered() {
+		if terr != nil {
+			return a, tcpipErr(terr)
+		}
+		return a, nil
+	}
+	var ap netip.AddrPort
+	if terr == nil {
+		ap = addrPort(a)
+	}
+	orig := ap
+	done, err := call(s.fs, &ap)
+	switch {
+	case err != nil:
+		return tcpip.FullAddress{}, err
+	case done || ap != orig:
+		return fullAddr(ap, a.NIC), nil
+	case terr != nil:
+		return a, tcpipErr(terr)
+	}
+	return a, nil
 }
 
 // --- The socket's life. ---
@@ -363,6 +542,7 @@ func (s *sock) close() {
 		if connected {
 			s.notify(EvDisconnecting)
 		}
+		s.cacheAddrs()
 		close(s.closed)
 		s.ep.Close()
 		s.wq.EventUnregister(&s.entry)
@@ -405,6 +585,11 @@ func (s *sock) recv(p []byte, opts tcpip.ReadOptions) (tcpip.ReadResult, []byte,
 			return tcpip.ReadResult{}, nil, os.ErrDeadlineExceeded
 		default:
 		}
+		if s.rqAny.Load() { // data the filters passed or injected comes first
+			if res, data, ok := s.fromQueue(p); ok {
+				return res, data, nil
+			}
+		}
 		s.rbuf = p
 		res, err := s.ep.Read(&s.rbuf, opts)
 		switch err.(type) {
@@ -413,7 +598,7 @@ func (s *sock) recv(p []byte, opts tcpip.ReadOptions) (tcpip.ReadResult, []byte,
 			if opts.NeedRemoteAddr {
 				from = &res.RemoteAddr
 			}
-			data := s.dataIn(from, p[:res.Count])
+			data := s.dataIn(from, p[:res.Count], res.Total > res.Count)
 			if len(data) == 0 && res.Count > 0 {
 				continue // taken by the receive path; wait for more
 			}
@@ -448,6 +633,9 @@ func (s *sock) recv(p []byte, opts tcpip.ReadOptions) (tcpip.ReadResult, []byte,
 //
 // +checklocks:s.writeMu
 func (s *sock) send(p []byte, to *tcpip.FullAddress) (int, error) {
+	if s.filtered() {
+		return s.sendFiltered(p, to)
+	}
 	dl := s.wr.wait()
 	n := 0
 	for {

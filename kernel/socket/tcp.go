@@ -10,6 +10,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/nke-harness/nke/kernel/sockfilter"
 )
 
 // listenBacklog is the accept queue's length, gonet's.
@@ -53,13 +55,13 @@ func (l *Layer) Listen(network, address string) (*TCPListener, error) {
 	if v6 {
 		s.ep.SocketOptions().SetV6Only(true)
 	}
-	if terr := s.bind(fa); terr != nil {
+	if terr, ferr := s.bind(fa); terr != nil || ferr != nil {
 		s.close()
-		return nil, &net.OpError{Op: "listen", Net: network, Addr: tcpAddr(fa), Err: tcpipErr(terr)}
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: tcpAddr(fa), Err: errOf(terr, ferr)}
 	}
-	if terr := s.listen(listenBacklog); terr != nil {
+	if terr, ferr := s.listen(listenBacklog); terr != nil || ferr != nil {
 		s.close()
-		return nil, &net.OpError{Op: "listen", Net: network, Addr: tcpAddr(fa), Err: tcpipErr(terr)}
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: tcpAddr(fa), Err: errOf(terr, ferr)}
 	}
 	return &TCPListener{s}, nil
 }
@@ -115,8 +117,13 @@ func (ln *TCPListener) AcceptTCP() (*TCPConn, error) {
 		if err != nil {
 			return nil, ln.opErr(err)
 		}
+		s.inherit(cs)
 		cs.notify(EvConnected)
-		if err := s.accept(cs); err != nil {
+		switch res, err := s.accept(cs); res {
+		case sockfilter.AcceptDisconnect: // swallowed: disconnected, wait for the next
+			cs.close()
+			continue
+		case sockfilter.AcceptClose:
 			cs.close()
 			return nil, ln.opErr(err)
 		}
@@ -156,6 +163,14 @@ func (ln *TCPListener) SetOption(o Option, v int) error { return ln.s.setOption(
 // GetOption reads a socket option of the listener.
 func (ln *TCPListener) GetOption(o Option) (int, error) { return ln.s.getOption(o) }
 
+// errOf is the error of a seam: the transport's, else a filter's.
+func errOf(terr tcpip.Error, ferr error) error {
+	if terr != nil {
+		return tcpipErr(terr)
+	}
+	return ferr
+}
+
 func netName(base string, v6 bool) string {
 	if v6 {
 		return base + "6"
@@ -193,7 +208,11 @@ func (l *Layer) dialTCP(ctx context.Context, v6 bool, raddr tcpip.FullAddress) (
 	if err != nil {
 		return nil, opErr(err)
 	}
-	terr := s.connectOut(raddr)
+	terr, ferr := s.connectOut(raddr)
+	if ferr != nil {
+		s.close()
+		return nil, opErr(ferr)
+	}
 	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
 		s.notify(EvConnecting)
 		terr = nil

@@ -65,9 +65,9 @@ func (l *Layer) ListenPacket(network, address string) (net.PacketConn, error) {
 	}
 	s, err := l.dgramSock(k, v6)
 	if err == nil {
-		if terr := s.bind(fa); terr != nil {
+		if terr, ferr := s.bind(fa); terr != nil || ferr != nil {
 			s.close()
-			err = tcpipErr(terr)
+			err = errOf(terr, ferr)
 		}
 	}
 	if err != nil {
@@ -82,9 +82,9 @@ func (l *Layer) ListenPacket(network, address string) (net.PacketConn, error) {
 func (l *Layer) dialUDP(v6 bool, raddr tcpip.FullAddress) (*UDPConn, error) {
 	s, err := l.dgramSock(kindUDP, v6)
 	if err == nil {
-		if terr := s.connectOut(raddr); terr != nil {
+		if terr, ferr := s.connectOut(raddr); terr != nil || ferr != nil {
 			s.close()
-			err = tcpipErr(terr)
+			err = errOf(terr, ferr)
 		}
 	}
 	if err != nil {
