@@ -457,8 +457,6 @@ func (s *sock) sendFiltered(p []byte, to *tcpip.FullAddress) (int, error) {
 
 // filterIn runs the filters' data in on data the transport received;
 // what they pass is queued for the reader.
-//
-// +checklocks:s.readMu
 func (s *sock) filterIn(from *tcpip.FullAddress, data []byte, trunc bool) {
 	m := s.allocChain(len(data), nil)
 	if m == nil {

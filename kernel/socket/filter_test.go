@@ -459,5 +459,3 @@ func (j *journal) take() []string {
 	j.log = nil
 	return l
 }
-
-
