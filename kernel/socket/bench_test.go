@@ -2,8 +2,10 @@ package socket_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -12,6 +14,9 @@ import (
 
 	"github.com/nke-harness/nke/kernel/kerneltest"
 	"github.com/nke-harness/nke/kernel/socket"
+	"github.com/nke-harness/nke/kernel/sockfilter"
+	"github.com/nke-harness/nke/nke"
+	"github.com/nke-harness/nke/nke/mbuf"
 )
 
 // api is the socket API under test: the socket layer, or gVisor's gonet
@@ -24,7 +29,46 @@ type api struct {
 
 var guestAddr = tcpip.AddrFrom4([4]byte{10, 0, 2, 15})
 
+// filtered is the socket layer with a registry and n trivial global
+// socket filters (notify, data in and out: each passes).
+func filtered(n int) api {
+	return api{fmt.Sprintf("socket+%dfilters", n),
+		func(b *testing.B, r *kerneltest.Rig, port uint16) net.Listener {
+			reg := sockfilter.New(nil)
+			for i := 0; i < n; i++ {
+				if _, err := reg.RegisterSocketFilter(nke.SocketFilterSpec{Name: fmt.Sprintf("com.bench.f%d", i),
+					Handle: uint32(i + 1), Type: nke.SockStream, Global: true, Filter: trivial{}}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			l := socket.New(r.Stack, socket.WithFilters(reg))
+			b.Cleanup(func() { l.Close() })
+			ln, err := l.Listen("tcp4", ":"+itoa(port))
+			if err != nil {
+				b.Fatal(err)
+			}
+			dialer = l
+			return ln
+		},
+		func(r *kerneltest.Rig, port uint16) (net.Conn, error) {
+			return dialer.Dial(context.Background(), "tcp4", "10.0.2.15:"+itoa(port))
+		}}
+}
+
+type trivial struct{}
+
+func (trivial) SockAttach(nke.Socket) (any, error)          { return nil, nil }
+func (trivial) SockDetach(any, nke.Socket)                  {}
+func (trivial) SockNotify(any, nke.Socket, nke.SocketEvent) {}
+func (trivial) SockDataIn(any, nke.Socket, netip.AddrPort, **mbuf.Mbuf, **mbuf.Mbuf, nke.DataFlags) error {
+	return nil
+}
+func (trivial) SockDataOut(any, nke.Socket, netip.AddrPort, **mbuf.Mbuf, **mbuf.Mbuf, nke.DataFlags) error {
+	return nil
+}
+
 var apis = []api{
+	filtered(0), filtered(1), filtered(4),
 	{"socket",
 		func(b *testing.B, r *kerneltest.Rig, port uint16) net.Listener {
 			l := socket.New(r.Stack)

@@ -424,8 +424,10 @@ func (s *sock) sendFiltered(p []byte, to *tcpip.FullAddress) (int, error) {
 			return n, os.ErrDeadlineExceeded
 		}
 		copyIn(m, chunk)
-		var ctl *mbuf.Mbuf
-		swallowed, err := s.fs.DataOut(dest, &m, &ctl, flags)
+		s.outData, s.outCtl = m, nil
+		swallowed, err := s.fs.DataOut(dest, &s.outData, &s.outCtl, flags)
+		m, ctl := s.outData, s.outCtl
+		s.outData, s.outCtl = nil, nil
 		switch {
 		case swallowed:
 			n += len(chunk)
@@ -457,6 +459,8 @@ func (s *sock) sendFiltered(p []byte, to *tcpip.FullAddress) (int, error) {
 
 // filterIn runs the filters' data in on data the transport received;
 // what they pass is queued for the reader.
+//
+// +checklocks:s.readMu
 func (s *sock) filterIn(from *tcpip.FullAddress, data []byte, trunc bool) {
 	m := s.allocChain(len(data), nil)
 	if m == nil {
@@ -473,8 +477,10 @@ func (s *sock) filterIn(from *tcpip.FullAddress, data []byte, trunc bool) {
 	if s.kind != kindTCP {
 		flags = nke.DataRecord
 	}
-	var ctl *mbuf.Mbuf
-	swallowed, err := s.fs.DataIn(src, &m, &ctl, flags)
+	s.inData, s.inCtl = m, nil
+	swallowed, err := s.fs.DataIn(src, &s.inData, &s.inCtl, flags)
+	m, ctl := s.inData, s.inCtl
+	s.inData, s.inCtl = nil, nil
 	switch {
 	case swallowed:
 		return

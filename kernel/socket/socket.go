@@ -192,6 +192,17 @@ type sock struct {
 	writeMu sync.Mutex
 	// +checklocks:writeMu
 	wbuf bytes.Reader
+	// outData and outCtl are the data and control a send hands its
+	// filters (fields, so that taking their address allocates nothing).
+	// +checklocks:writeMu
+	outData *mbuf.Mbuf
+	// +checklocks:writeMu
+	outCtl *mbuf.Mbuf
+	// inData and inCtl are the same for data in (the reader's).
+	// +checklocks:readMu
+	inData *mbuf.Mbuf
+	// +checklocks:readMu
+	inCtl *mbuf.Mbuf
 
 	// outMu serializes what goes to the endpoint from the filtered send
 	// path and injected data (SendOut); obuf is its Payloader.
@@ -335,6 +346,8 @@ func (s *sock) notify(ev Event) {
 // than data), in the reader's buffer, before the reader is given it. It
 // returns the data the reader gets; with filters that is none: what they
 // pass goes to the receive queue, which the reader reads next.
+//
+// +checklocks:s.readMu
 func (s *sock) dataIn(from *tcpip.FullAddress, data []byte, trunc bool) []byte {
 	s.tr("data_in")
 	if !s.filtered() || len(data) == 0 {
