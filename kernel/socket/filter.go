@@ -325,6 +325,21 @@ func (s *sock) writeChain(to *tcpip.FullAddress, m *mbuf.Mbuf, dl <-chan struct{
 	defer s.outMu.Unlock()
 	s.obuf.reset(m)
 	defer s.obuf.reset(nil)
+	// A writer on the unfiltered path (the filters detached meanwhile)
+	// may wait on the same wake-up: pass it on, and look again now and
+	// then rather than rely on one.
+	defer func() {
+		select {
+		case s.wrWake <- struct{}{}:
+		default:
+		}
+	}()
+	var retry *time.Timer
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+	}()
 	total, n := m.PktLen(), 0
 	for {
 		if s.isClosed() {
@@ -338,8 +353,14 @@ func (s *sock) writeChain(to *tcpip.FullAddress, m *mbuf.Mbuf, dl <-chan struct{
 				return n, nil
 			}
 		case *tcpip.ErrWouldBlock:
+			if retry == nil {
+				retry = time.NewTimer(50 * time.Millisecond)
+			} else {
+				retry.Reset(50 * time.Millisecond)
+			}
 			select {
 			case <-s.wrWake:
+			case <-retry.C:
 			case <-dl:
 				return n, os.ErrDeadlineExceeded
 			case <-s.closed:
