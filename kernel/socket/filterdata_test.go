@@ -599,3 +599,60 @@ func peerTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// Datagrams through a filter that swallows and re-injects them keep
+// their boundaries and sender; a truncated read is flagged.
+func TestFilterDatagrams(t *testing.T) {
+	e, reg := newFilteredEnv(t, nil)
+	f := e.fam(t, families[0])
+	ri := &reinjector{reg: reg, q: make(chan held, 64)}
+	a := register(t, reg, nke.SocketFilterSpec{Name: "com.test.udp", Handle: 12, Type: nke.SockDgram, Protocol: 17, Global: true, Filter: ri})
+	ri.att.Store(&a)
+	go ri.run()
+	t.Cleanup(func() { close(ri.q) })
+	u, err := e.l.ListenPacket("udp4", ":69")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	pu, err := gonet.DialUDP(e.p.Stack, nil, ptr(e.peerAddr(f, f.guest, 69)), f.proto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pu.Close()
+	sizes := []int{1, 700, 1400, 3}
+	for _, n := range sizes {
+		if _, err := pu.Write(bytes.Repeat([]byte{byte(n)}, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 2048)
+	u.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for _, n := range sizes[:3] {
+		got, from, err := u.ReadFrom(buf)
+		if err != nil || got != n || buf[0] != byte(n) {
+			t.Fatalf("datagram of %d: read %d, %v", n, got, err)
+		}
+		if from.String() != pu.LocalAddr().String() {
+			t.Errorf("from %v, want %v", from, pu.LocalAddr())
+		}
+	}
+	uc := u.(*socket.UDPConn)
+	n, _, flags, _, err := uc.ReadMsgUDP(buf[:2], nil)
+	if err != nil || n != 2 || flags&0x20 == 0 { // MSG_TRUNC
+		t.Errorf("truncated read: %d, flags %#x, %v", n, flags, err)
+	}
+	if ri.n.Load() != int64(len(sizes)) {
+		t.Errorf("%d datagrams swallowed, want %d", ri.n.Load(), len(sizes))
+	}
+	// Out: a datagram the guest sends reaches the peer whole.
+	if _, err := u.WriteTo(bytes.Repeat([]byte("x"), 1000), pu.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	pu.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := pu.Read(buf); n != 1000 || err != nil {
+		t.Errorf("peer read %d, %v", n, err)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
