@@ -320,27 +320,38 @@ func (r *chainReader) Len() int { return r.left }
 // stream, waiting for room, for dl (nil: no deadline) or close. It
 // returns how much was written.
 func (s *sock) writeChain(to *tcpip.FullAddress, m *mbuf.Mbuf, dl <-chan struct{}) (int, error) {
-	defer m.Free()
 	s.outMu.Lock()
-	defer s.outMu.Unlock()
 	s.obuf.reset(m)
-	defer s.obuf.reset(nil)
+	n, err := s.writeChainLocked(to, m.PktLen(), dl)
+	s.obuf.reset(nil)
+	s.outMu.Unlock()
+	m.Free()
 	// A writer on the unfiltered path (the filters detached meanwhile)
-	// may wait on the same wake-up: pass it on, and look again now and
-	// then rather than rely on one.
-	defer func() {
-		select {
-		case s.wrWake <- struct{}{}:
-		default:
-		}
-	}()
+	// may wait on the same wake-up: pass it on (and writeChainLocked
+	// looks again now and then rather than rely on one).
+	select {
+	case s.wrWake <- struct{}{}:
+	default:
+	}
+	return n, err
+}
+
+// writeChainLocked writes s.obuf, total bytes.
+//
+// +checklocks:s.outMu
+func (s *sock) writeChainLocked(to *tcpip.FullAddress, total int, dl <-chan struct{}) (int, error) {
 	var retry *time.Timer
-	defer func() {
-		if retry != nil {
-			retry.Stop()
-		}
-	}()
-	total, n := m.PktLen(), 0
+	n, err := s.writeLoop(to, total, dl, &retry)
+	if retry != nil {
+		retry.Stop()
+	}
+	return n, err
+}
+
+// +checklocks:s.outMu
+func (s *sock) writeLoop(to *tcpip.FullAddress, total int, dl <-chan struct{}, retryp **time.Timer) (int, error) {
+	retry := *retryp
+	n := 0
 	for {
 		if s.isClosed() {
 			return n, net.ErrClosed
@@ -355,6 +366,7 @@ func (s *sock) writeChain(to *tcpip.FullAddress, m *mbuf.Mbuf, dl <-chan struct{
 		case *tcpip.ErrWouldBlock:
 			if retry == nil {
 				retry = time.NewTimer(50 * time.Millisecond)
+				*retryp = retry
 			} else {
 				retry.Reset(50 * time.Millisecond)
 			}
