@@ -30,7 +30,9 @@ import (
 // filter's error to the writer. What the transport received is passed
 // to the filters' data in: what they pass, and what they inject
 // (DeliverIn), goes to the socket's receive queue, which reads consume
-// before data from gVisor (datagrams keep their boundaries and sender);
+// before data from gVisor (datagrams keep their boundaries and sender;
+// a datagram socket with filters reads each datagram whole, so filters
+// see all of it, and a read shorter than it is truncated from the queue);
 // what they swallow is theirs, what they drop is freed (for a stream, the
 // bytes are lost: the filter's decision). When the pool is exhausted
 // (filters hold its buffers) the data path waits for buffers.

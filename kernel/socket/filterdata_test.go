@@ -177,7 +177,9 @@ func TestContentFilterThroughLayer(t *testing.T) {
 	cf.SetAttachment(ca)
 	settled := func() {
 		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-			if st := cf.Stats(); st.Held == st.Allowed+st.Blocked+st.Dropped {
+			// Decided, and the allowed written (Allowed counts before
+			// the re-injection returns): nothing of the pool out.
+			if st := cf.Stats(); st.Held == st.Allowed+st.Blocked+st.Dropped && e.l.FilterBuffersInUse() == 0 {
 				return
 			}
 		}

@@ -203,6 +203,10 @@ type sock struct {
 	inData *mbuf.Mbuf
 	// +checklocks:readMu
 	inCtl *mbuf.Mbuf
+	// dgBuf is where a datagram socket with filters reads, whole, so
+	// that filters see all of each datagram (made at the first).
+	// +checklocks:readMu
+	dgBuf []byte
 
 	// outMu serializes what goes to the endpoint from the filtered send
 	// path and injected data (SendOut); obuf is its Payloader.
@@ -604,6 +608,13 @@ func (s *sock) recv(p []byte, opts tcpip.ReadOptions) (tcpip.ReadResult, []byte,
 			}
 		}
 		s.rbuf = p
+		if s.kind != kindTCP && s.filtered() {
+			if s.dgBuf == nil {
+				s.dgBuf = make([]byte, 1<<16)
+			}
+			s.rbuf = s.dgBuf
+		}
+		buf := []byte(s.rbuf)
 		res, err := s.ep.Read(&s.rbuf, opts)
 		switch err.(type) {
 		case nil:
@@ -611,7 +622,7 @@ func (s *sock) recv(p []byte, opts tcpip.ReadOptions) (tcpip.ReadResult, []byte,
 			if opts.NeedRemoteAddr {
 				from = &res.RemoteAddr
 			}
-			data := s.dataIn(from, p[:res.Count], res.Total > res.Count)
+			data := s.dataIn(from, buf[:res.Count], res.Total > res.Count)
 			if len(data) == 0 && res.Count > 0 {
 				continue // taken by the receive path; wait for more
 			}
