@@ -5,9 +5,11 @@
 // unchanged. It owns the data path between the application and gVisor's
 // transport endpoints: every byte received passes through one function
 // (dataIn) on its way from the endpoint to the reader, every byte sent
-// through one other (dataOut) on its way to the endpoint.
+// through one other (dataOut, or for a socket with filters
+// sendFiltered, which runs them) on its way to the endpoint.
 //
-// It is the future home of Apple's socket filters (kpi_socketfilter.h).
+// It runs Apple's socket filters (kpi_socketfilter.h) when made with
+// WithFilters (filter.go; docs/nke.md, "Socket filters").
 // Every point where Apple's KPI calls a filter is one method of sock,
 // named after the callback, through which that operation passes:
 //
