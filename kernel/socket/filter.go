@@ -460,11 +460,13 @@ func (s *sock) sendFiltered(p []byte, to *tcpip.FullAddress) (int, error) {
 		}
 		copyIn(m, chunk)
 		s.outData, s.outCtl = m, nil
+		orig := m
 		swallowed, err := s.fs.DataOut(dest, &s.outData, &s.outCtl, flags)
 		m, ctl := s.outData, s.outCtl
 		s.outData, s.outCtl = nil, nil
 		switch {
 		case swallowed:
+			s.heldOutAdd(orig)
 			n += len(chunk)
 			continue
 		case err != nil:
@@ -513,11 +515,13 @@ func (s *sock) filterIn(from *tcpip.FullAddress, data []byte, trunc bool) {
 		flags = nke.DataRecord
 	}
 	s.inData, s.inCtl = m, nil
+	orig := m
 	swallowed, err := s.fs.DataIn(src, &s.inData, &s.inCtl, flags)
 	m, ctl := s.inData, s.inCtl
 	s.inData, s.inCtl = nil, nil
 	switch {
 	case swallowed:
+		s.heldInAdd(orig)
 		return
 	case err != nil:
 		if m != nil {

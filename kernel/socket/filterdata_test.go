@@ -658,3 +658,34 @@ func TestFilterDatagrams(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// Closing a socket whose output a filter holds waits for it: the peer
+// gets every chunk the filter lets through, though the writer closed at
+// once (socket.Linger).
+func TestCloseLingersForHeldOutput(t *testing.T) {
+	e, reg := newFilteredEnv(t, nil)
+	f := e.fam(t, families[0])
+	cf := contentfilter.New(reg, func(nke.Socket, []byte) bool {
+		time.Sleep(20 * time.Millisecond) // a slow verdict
+		return true
+	})
+	ca := register(t, reg, cf.Spec(0xcf))
+	cf.SetAttachment(ca)
+	ln := listen(t, e.l, "tcp4", ":63")
+	pc := e.peerDial(t, f, 63)
+	c := accept(t, ln)
+	for _, s := range []string{"one ", "two ", "three"} {
+		if n, err := c.Write([]byte(s)); n != len(s) || err != nil {
+			t.Fatal(n, err)
+		}
+	}
+	c.Close() // no waiting for the verdicts
+	pc.SetReadDeadline(time.Now().Add(30 * time.Second))
+	got, err := io.ReadAll(pc)
+	if string(got) != "one two three" {
+		t.Errorf("the peer got %q (%v), want every chunk", got, err)
+	}
+	if st := cf.Stats(); st.Allowed != 3 || st.Dropped != 0 {
+		t.Errorf("content filter stats %+v", st)
+	}
+}

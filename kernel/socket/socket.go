@@ -184,6 +184,14 @@ type sock struct {
 	// registry (nil otherwise) and never changed.
 	fs *sockfilter.Filters
 
+	// heldMu guards what the filters swallowed and still hold, each way
+	// (linger.go).
+	heldMu sync.Mutex
+	// +checklocks:heldMu
+	heldIn held
+	// +checklocks:heldMu
+	heldOut held
+
 	// readMu serializes readers; rbuf is the reader's buffer as the
 	// endpoint's io.Writer.
 	readMu sync.Mutex
@@ -535,6 +543,9 @@ func (s *sock) nameFilter(a tcpip.FullAddress, terr tcpip.Error, call func(*sock
 // flush-read and can't-receive-more, for the write side can't-send-more,
 // as Apple's soshutdown does.
 func (s *sock) shutdown(flags tcpip.ShutdownFlags) tcpip.Error {
+	if flags&tcpip.ShutdownWrite != 0 {
+		s.lingerOut()
+	}
 	s.notify(EvShutdown)
 	if err := s.ep.Shutdown(flags); err != nil {
 		return err
@@ -553,6 +564,7 @@ func (s *sock) shutdown(flags tcpip.ShutdownFlags) tcpip.Error {
 // disconnecting and disconnected, then detach. Blocked calls return
 // net.ErrClosed.
 func (s *sock) close() {
+	s.lingerOut()
 	s.once.Do(func() {
 		s.notify(EvClosing)
 		s.mu.Lock()
@@ -640,6 +652,11 @@ func (s *sock) recv(p []byte, opts tcpip.ReadOptions) (tcpip.ReadResult, []byte,
 		case *tcpip.ErrClosedForReceive:
 			if s.isClosed() {
 				return tcpip.ReadResult{}, nil, net.ErrClosed
+			}
+			// The stream has ended, but not before what filters
+			// hold of it has been re-injected (or let go).
+			if s.lingerIn() || s.rqAny.Load() {
+				continue
 			}
 			s.notify(EvCantRecvMore)
 			return tcpip.ReadResult{}, nil, io.EOF

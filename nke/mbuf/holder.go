@@ -77,3 +77,11 @@ func ReclaimHeld(id uint64) int {
 	}
 	return n
 }
+
+// HeldBy reports whether the packet is still held by the attachment id:
+// marked with it and not freed since. A buffer freed and handed out again
+// is not held (Get clears the mark), so a caller that recorded a
+// swallowed packet can poll this to learn that its holder let it go.
+func (m *Mbuf) HeldBy(id uint64) bool {
+	return id != 0 && m.holder.Load() == id && m.refs.Load() > 0
+}
