@@ -42,6 +42,9 @@ type Kernel interface {
 	Links() []Link
 	// IP is where IP filters attach (ipf_addv4, ipf_addv6).
 	IP() IPHook
+	// Sockets is where socket filters register (sflt_register) and
+	// data is injected into sockets.
+	Sockets() SocketHook
 	// Logf writes to the guest's log, prefixed with the NKE's name.
 	Logf(format string, args ...any)
 }

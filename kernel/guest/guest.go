@@ -15,11 +15,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nke-harness/nke/kernel/hook"
 	"github.com/nke-harness/nke/kernel/hugepage"
 	"github.com/nke-harness/nke/kernel/ifnet"
 	"github.com/nke-harness/nke/kernel/initproc"
 	"github.com/nke-harness/nke/kernel/netstack"
 	"github.com/nke-harness/nke/kernel/services"
+	"github.com/nke-harness/nke/kernel/sockfilter"
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/builtin"
 	"github.com/nke-harness/nke/virtio"
@@ -177,8 +179,10 @@ type Guest struct {
 	ifp *ifnet.Interface
 	st  *netstack.Stack
 	svc *services.Services
-	// nkes are the started NKEs, in start order.
-	nkes []startedNKE
+	// sockets is the socket layer's filter registry; nkes the started
+	// NKEs, in start order.
+	sockets *sockfilter.Registry
+	nkes    nkeSet
 }
 
 // Main runs the harness as PID 1 and never returns.
@@ -259,6 +263,7 @@ func Boot(logf func(string, ...any)) (*Guest, error) {
 	if g.st, err = netstack.New(g.ifp, netstack.Config{Addr: set.Addr, Gateway: set.Gateway}); err != nil {
 		return nil, err
 	}
+	g.sockets = sockfilter.New(func(f hook.Fault) { logf("%s\n%s", f, f.Stack) })
 	if err := g.startNKEs(logf); err != nil {
 		return nil, err
 	}
@@ -273,7 +278,7 @@ func Boot(logf func(string, ...any)) (*Guest, error) {
 		gw = "gateway " + set.Gateway.String()
 	}
 	logf("address %s, %s", set.Addr, gw)
-	if g.svc, err = services.Start(g.st, services.Config{Status: func() any { return g.Status() }, Text: writeText, Logf: logf}); err != nil {
+	if g.svc, err = services.Start(g.st, services.Config{Status: func() any { return g.Status() }, Text: writeText, Logf: logf, Filters: g.sockets}); err != nil {
 		return nil, err
 	}
 	if up, err := initproc.Uptime(); err == nil {
@@ -345,8 +350,12 @@ func (g *Guest) command(line string) {
 		writeText(&b, g.Status())
 		initproc.Logf("%s", b.String())
 	case "help":
-		initproc.Logf("commands: stats, help, poweroff, reboot")
+		initproc.Logf("commands: stats, nke [list | start NAME [ARGS] | stop NAME], help, poweroff, reboot")
 	default:
+		if f := strings.Fields(line); len(f) > 0 && f[0] == "nke" {
+			g.nkeCommand(f[1:])
+			return
+		}
 		initproc.Logf("unknown command %q: try help", line)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/nke-harness/nke/kernel/ifnet"
 	"github.com/nke-harness/nke/kernel/initproc"
 	"github.com/nke-harness/nke/kernel/netstack"
+	"github.com/nke-harness/nke/kernel/sockfilter"
 	"github.com/nke-harness/nke/virtio/virtionet"
 )
 
@@ -39,6 +40,9 @@ type NKEStatus struct {
 	Unclaimed []ifnet.Unclaimed         `json:"unclaimed"`
 	IPFilters []netstack.IPFilterStatus `json:"ip_filters"`
 	IP        netstack.IPStats          `json:"ip"`
+	// SocketFilters are the registered socket filters with their
+	// counters summed over their sockets.
+	SocketFilters []sockfilter.FilterStatus `json:"socket_filters"`
 	// Gone are filters detached lately (at most hook.MaxGone per hook),
 	// with their last counters and the fault that detached them.
 	Gone []hook.Gone `json:"detached"`
@@ -143,8 +147,9 @@ func (g *Guest) Status() Status {
 func (g *Guest) nkeStatus() NKEStatus {
 	s := NKEStatus{RawHooks: g.ifp.RawHooks(), Filters: g.ifp.Filters(), Protocols: g.ifp.Protocols(), Unclaimed: g.ifp.Unclaimed(),
 		IPFilters: g.st.IPFilters(), IP: g.st.IPStats(), Gone: append(g.ifp.Gone(), g.st.IPGone()...)}
-	for _, n := range g.nkes {
-		s.Started = append(s.Started, StartedNKE{Name: n.mod.Name, ID: n.mod.ID, Args: n.args})
+	s.Started = g.started()
+	if g.sockets != nil {
+		s.SocketFilters = g.sockets.Filters()
 	}
 	return s
 }
@@ -225,6 +230,9 @@ func writeNKEs(w io.Writer, s NKEStatus) {
 	}
 	for _, f := range s.IPFilters {
 		row("ip", f.Name+" ("+f.Family+")", f.Counters)
+	}
+	for _, f := range s.SocketFilters {
+		row("socket", fmt.Sprintf("%s (%d sockets)", f.Name, f.Sockets), f.Counters)
 	}
 	for _, gn := range s.Gone {
 		if gn.Fault != "" {

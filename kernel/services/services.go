@@ -16,6 +16,7 @@ import (
 
 	"github.com/nke-harness/nke/kernel/netstack"
 	"github.com/nke-harness/nke/kernel/socket"
+	"github.com/nke-harness/nke/kernel/sockfilter"
 )
 
 // Config chooses ports and the status source.
@@ -27,6 +28,9 @@ type Config struct {
 	// Text renders the status for people; nil uses JSON for / too.
 	Text func(w io.Writer, status any)
 	Logf func(format string, args ...any)
+	// Filters, if set, is the socket filter registry the services'
+	// sockets run (their socket layer is built with it).
+	Filters *sockfilter.Registry
 }
 
 // Services are the running listeners, on sockets of the guest's socket
@@ -56,7 +60,11 @@ func Start(s *netstack.Stack, cfg Config) (*Services, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	sv := &Services{layer: socket.New(s), logf: cfg.Logf, conns: map[net.Conn]struct{}{}}
+	var opts []socket.LayerOption
+	if cfg.Filters != nil {
+		opts = append(opts, socket.WithFilters(cfg.Filters))
+	}
+	sv := &Services{layer: socket.New(s, opts...), logf: cfg.Logf, conns: map[net.Conn]struct{}{}}
 	var hls []net.Listener
 	fail := func(err error) (*Services, error) {
 		sv.layer.Close()

@@ -9,13 +9,15 @@ import (
 	"strings"
 
 	"github.com/nke-harness/nke/nke"
+	"github.com/nke-harness/nke/nke/examples/contentfilter"
 	"github.com/nke-harness/nke/nke/examples/etherecho"
 	"github.com/nke-harness/nke/nke/examples/ethlog"
 	"github.com/nke-harness/nke/nke/examples/ipfw"
+	"github.com/nke-harness/nke/nke/examples/tcplog"
 )
 
 // Modules are the built-in NKEs.
-var Modules = []nke.Module{ethlog.Module, etherecho.Module, ipfw.Module}
+var Modules = []nke.Module{ethlog.Module, etherecho.Module, ipfw.Module, tcplog.Module, contentfilter.Module}
 
 // Lookup finds a module by its short name or bundle id.
 func Lookup(name string) (nke.Module, error) {
