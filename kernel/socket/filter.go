@@ -385,7 +385,7 @@ func (s *sock) writeLoop(to *tcpip.FullAddress, total int, dl <-chan struct{}, r
 				return n, net.ErrClosed
 			}
 			s.lost(err)
-			return n, tcpipErr(err)
+			return n, s.streamErr(err)
 		}
 	}
 }

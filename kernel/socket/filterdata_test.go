@@ -689,3 +689,43 @@ func TestCloseLingersForHeldOutput(t *testing.T) {
 		t.Errorf("content filter stats %+v", st)
 	}
 }
+
+// keepThenPanic swallows the first data it sees and keeps it, then
+// panics: a filter dying with data of the stream in its hands.
+type keepThenPanic struct{ calls atomic.Int64 }
+
+func (p *keepThenPanic) SockAttach(nke.Socket) (any, error) { return nil, nil }
+func (p *keepThenPanic) SockDetach(any, nke.Socket)         {}
+func (p *keepThenPanic) SockDataIn(_ any, _ nke.Socket, _ netip.AddrPort, data, _ **mbuf.Mbuf, _ nke.DataFlags) error {
+	if p.calls.Add(1) == 1 {
+		return nke.ErrSwallowed // kept, never given back
+	}
+	panic("keepThenPanic")
+}
+
+// A filter that detaches (here: panics) holding data it swallowed leaves
+// a stream with a hole: the kernel frees the data and aborts the socket
+// with sockfilter.ErrLostData instead of going on as if nothing was lost.
+func TestFilterDiesHoldingData(t *testing.T) {
+	faults := make(chan hook.Fault, 4)
+	e, reg := newFilteredEnv(t, faults)
+	f := e.fam(t, families[0])
+	p := &keepThenPanic{}
+	register(t, reg, tcpSpec("com.test.keeper", 11, true, p))
+	ln := listen(t, e.l, "tcp4", ":66")
+	pa := e.peerDial(t, f, 66)
+	a := accept(t, ln)
+	pa.Write([]byte("kept"))
+	deadline := time.Now().Add(5 * time.Second)
+	for p.calls.Load() < 1 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	pa.Write([]byte("boom"))
+	a.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := io.ReadAll(a)
+	a.Close()
+	pa.Close()
+	if !errors.Is(err, sockfilter.ErrLostData) {
+		t.Fatalf("read after the filter died holding data: %v, want ErrLostData", err)
+	}
+}

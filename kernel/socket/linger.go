@@ -3,6 +3,9 @@ package socket
 import (
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
+
+	"github.com/nke-harness/nke/kernel/sockfilter"
 	"github.com/nke-harness/nke/nke/mbuf"
 )
 
@@ -104,4 +107,23 @@ func (s *sock) heldInAdd(m *mbuf.Mbuf) {
 	s.heldMu.Lock()
 	defer s.heldMu.Unlock()
 	s.heldIn.add(m)
+}
+
+var _ sockfilter.Aborter = (*sock)(nil)
+
+// Abort closes the connection with an error (sockfilter.Aborter): a
+// filter detached holding data it had swallowed, so the stream has lost
+// it. The peer gets a reset; the socket's reads and writes return err.
+func (s *sock) Abort(err error) {
+	s.abortErr.CompareAndSwap(nil, &err)
+	s.ep.Abort()
+}
+
+// streamErr is what a read or write reports for a transport error: the
+// abort's error if the socket was aborted for lost data.
+func (s *sock) streamErr(err tcpip.Error) error {
+	if e := s.abortErr.Load(); e != nil {
+		return *e
+	}
+	return tcpipErr(err)
 }

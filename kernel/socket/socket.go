@@ -184,6 +184,10 @@ type sock struct {
 	// registry (nil otherwise) and never changed.
 	fs *sockfilter.Filters
 
+	// abortErr is set when the socket was aborted because a filter
+	// detached holding its data (linger.go).
+	abortErr atomic.Pointer[error]
+
 	// heldMu guards what the filters swallowed and still hold, each way
 	// (linger.go).
 	heldMu sync.Mutex
@@ -665,7 +669,7 @@ func (s *sock) recv(p []byte, opts tcpip.ReadOptions) (tcpip.ReadResult, []byte,
 				return tcpip.ReadResult{}, nil, net.ErrClosed
 			}
 			s.lost(err)
-			return tcpip.ReadResult{}, nil, tcpipErr(err)
+			return tcpip.ReadResult{}, nil, s.streamErr(err)
 		}
 	}
 }
@@ -709,7 +713,7 @@ func (s *sock) send(p []byte, to *tcpip.FullAddress) (int, error) {
 				return n, net.ErrClosed
 			}
 			s.lost(err)
-			return n, tcpipErr(err)
+			return n, s.streamErr(err)
 		}
 	}
 }

@@ -112,9 +112,16 @@ func (sa *sockAtt) detached() {
 	n := mbuf.ReclaimHeld(e.ID)
 	c := e.Stats.Read()
 	c.Reclaimed += uint64(n)
-	if n > 0 && f.reg.report != nil {
-		f.reg.report(hook.Fault{Hook: sa.fs.chain.Name(), Filter: f.spec.Name,
-			Value: fmt.Sprintf("detached holding %d swallowed packets it never re-injected or freed: freed them", n)})
+	if n > 0 {
+		if f.reg.report != nil {
+			f.reg.report(hook.Fault{Hook: sa.fs.chain.Name(), Filter: f.spec.Name,
+				Value: fmt.Sprintf("detached holding %d swallowed packets it never re-injected or freed: freed them, socket aborted", n)})
+		}
+		// The stream lost what the filter kept: the socket cannot go
+		// on as if nothing happened (Apple: closed with an error).
+		if a, ok := sa.fs.ep.(Aborter); ok {
+			a.Abort(fmt.Errorf("%w: %s held %d packets", ErrLostData, f.spec.Name, n))
+		}
 	}
 	f.mu.Lock()
 	delete(f.live, sa)

@@ -92,6 +92,18 @@ type Endpoint interface {
 	SendOut(to netip.AddrPort, data, control *mbuf.Mbuf, flags nke.DataFlags) error
 }
 
+// Aborter is an Endpoint that can be closed with an error: what happens to
+// a socket whose filter detached holding data it had swallowed (it
+// panicked, or was unregistered without giving it back), since its
+// stream has lost that data.
+type Aborter interface {
+	Abort(err error)
+}
+
+// ErrLostData is the error of a socket aborted because a filter detached
+// holding its data.
+var ErrLostData = errors.New("sockfilter: a socket filter detached holding data it had swallowed")
+
 // State is a socket's state, as Apple's so_state bits.
 type State uint16
 
