@@ -19,10 +19,10 @@ package ethlog
 import (
 	"fmt"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/nke-harness/nke/nke"
+	"github.com/nke-harness/nke/nke/logring"
 	"github.com/nke-harness/nke/nke/mbuf"
 )
 
@@ -50,29 +50,18 @@ func (r Record) String() string {
 // Logger is the filter. Its callbacks run on the poll loop; Lines and
 // Records may be called from any goroutine.
 type Logger struct {
-	mu sync.Mutex
-	// +checklocks:mu
-	ring []Record
-	// +checklocks:mu
-	next uint64 // records written, ever
-	// +checklocks:mu
-	read uint64 // records handed out
+	ring *logring.Ring[Record]
 }
 
 // New returns a logger keeping the last size records.
-func New(size int) *Logger { return &Logger{ring: make([]Record, max(size, 1))} }
+func New(size int) *Logger { return &Logger{ring: logring.New[Record](size)} }
 
 // Spec is the spec to attach it with, for every protocol.
 func (l *Logger) Spec() nke.InterfaceFilterSpec {
 	return nke.InterfaceFilterSpec{Name: Name, Filter: l}
 }
 
-func (l *Logger) add(r Record) {
-	l.mu.Lock()
-	l.ring[l.next%uint64(len(l.ring))] = r
-	l.next++
-	l.mu.Unlock()
-}
+func (l *Logger) add(r Record) { l.ring.Add(r) }
 
 // FilterInput implements nke.InputFilter.
 func (l *Logger) FilterInput(ifp nke.Interface, proto uint16, m **mbuf.Mbuf, frame []byte) nke.Verdict {
@@ -99,32 +88,11 @@ func (l *Logger) FilterOutput(ifp nke.Interface, proto uint16, m **mbuf.Mbuf) nk
 
 // Records returns the records not read yet, oldest first, and how many
 // were lost because the ring wrapped before they were read.
-func (l *Logger) Records() (recs []Record, lost uint64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if n := uint64(len(l.ring)); l.next-l.read > n {
-		lost = l.next - l.read - n
-		l.read = l.next - n
-	}
-	for ; l.read < l.next; l.read++ {
-		recs = append(recs, l.ring[l.read%uint64(len(l.ring))])
-	}
-	return recs, lost
-}
+func (l *Logger) Records() (recs []Record, lost uint64) { return l.ring.Records() }
 
 // Lines formats Records, one line each, with a line saying how many were
 // lost if any were.
-func (l *Logger) Lines() []string {
-	recs, lost := l.Records()
-	var out []string
-	if lost > 0 {
-		out = append(out, fmt.Sprintf("(%d records lost)", lost))
-	}
-	for _, r := range recs {
-		out = append(out, r.String())
-	}
-	return out
-}
+func (l *Logger) Lines() []string { return l.ring.Lines() }
 
 // Module starts the logger on every interface. With args "print" it
 // writes what it recorded to the guest's log twice a second; otherwise it

@@ -21,11 +21,11 @@ package tcplog
 import (
 	"fmt"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nke-harness/nke/nke"
+	"github.com/nke-harness/nke/nke/logring"
 	"github.com/nke-harness/nke/nke/mbuf"
 )
 
@@ -50,14 +50,7 @@ func (r Record) String() string {
 type Logger struct {
 	report func(Record) // also called with each record, if set
 	now    func() time.Time
-
-	mu sync.Mutex
-	// +checklocks:mu
-	ring []Record
-	// +checklocks:mu
-	next uint64
-	// +checklocks:mu
-	read uint64
+	ring   *logring.Ring[Record]
 }
 
 // conn is a connection's state, the filter's cookie.
@@ -78,7 +71,7 @@ var (
 // nil, is also called with each record as the connection closes (on the
 // socket's goroutine: it must not block).
 func New(size int, report func(Record)) *Logger {
-	return &Logger{report: report, now: time.Now, ring: make([]Record, max(size, 1))}
+	return &Logger{report: report, now: time.Now, ring: logring.New[Record](size)}
 }
 
 // Spec registers it for every TCP socket, IPv4 and IPv6, new ones and
@@ -137,10 +130,7 @@ func (l *Logger) finish(c *conn, so nke.Socket) {
 	}
 	r := Record{Socket: so.ID(), Local: so.LocalAddr(), Remote: so.RemoteAddr(),
 		Start: time.Unix(0, start), End: l.now(), In: c.in.Load(), Out: c.out.Load()}
-	l.mu.Lock()
-	l.ring[l.next%uint64(len(l.ring))] = r
-	l.next++
-	l.mu.Unlock()
+	l.ring.Add(r)
 	if l.report != nil {
 		l.report(r)
 	}
@@ -148,28 +138,7 @@ func (l *Logger) finish(c *conn, so nke.Socket) {
 
 // Records returns the records not read yet, oldest first, and how many
 // were lost because the ring wrapped before they were read.
-func (l *Logger) Records() (recs []Record, lost uint64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if n := uint64(len(l.ring)); l.next-l.read > n {
-		lost = l.next - l.read - n
-		l.read = l.next - n
-	}
-	for ; l.read < l.next; l.read++ {
-		recs = append(recs, l.ring[l.read%uint64(len(l.ring))])
-	}
-	return recs, lost
-}
+func (l *Logger) Records() (recs []Record, lost uint64) { return l.ring.Records() }
 
 // Lines formats Records, one line each.
-func (l *Logger) Lines() []string {
-	recs, lost := l.Records()
-	var out []string
-	if lost > 0 {
-		out = append(out, fmt.Sprintf("(%d records lost)", lost))
-	}
-	for _, r := range recs {
-		out = append(out, r.String())
-	}
-	return out
-}
+func (l *Logger) Lines() []string { return l.ring.Lines() }
