@@ -324,6 +324,22 @@ func (c *Chain[F]) detach(e *Entry[F]) bool {
 	return true
 }
 
+// DetachAll detaches every filter of the chain and waits until each is
+// gone (its Detached callback returned): what a hook's owner does when
+// the hook goes away. Not from inside a callback of the chain.
+func (c *Chain[F]) DetachAll() {
+	var hs []*Handle[F]
+	for _, e := range c.Entries() {
+		hs = append(hs, c.HandleOf(e))
+	}
+	for _, h := range hs {
+		h.Detach()
+	}
+	for _, h := range hs {
+		<-h.Done()
+	}
+}
+
 // Names lists the attached filters in the order they run.
 func (c *Chain[F]) Names() []string {
 	s := c.cur.Load()

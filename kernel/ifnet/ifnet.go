@@ -357,22 +357,8 @@ func (ifp *Interface) Stop() {
 // and waits for that.
 func (ifp *Interface) detachFilters() {
 	ifp.event(nke.EventDetaching)
-	detachAll(ifp.filters)
-	detachAll(ifp.raw)
-}
-
-// detachAll detaches every entry of c and waits for each to be gone.
-func detachAll[F any](c *hook.Chain[F]) {
-	var hs []*hook.Handle[F]
-	for _, e := range c.Entries() {
-		hs = append(hs, c.HandleOf(e))
-	}
-	for _, h := range hs {
-		h.Detach()
-	}
-	for _, h := range hs {
-		<-h.Done()
-	}
+	ifp.filters.DetachAll()
+	ifp.raw.DetachAll()
 }
 
 // Stats returns the interface counters. Safe from any goroutine.

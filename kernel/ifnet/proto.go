@@ -309,7 +309,7 @@ func (ifp *Interface) protoIoctl(etherType uint16, cmd uint32, arg []byte) (hand
 }
 
 // detachProtos detaches every protocol and waits for their Detached.
-func (ifp *Interface) detachProtos() { detachAll(ifp.protos) }
+func (ifp *Interface) detachProtos() { ifp.protos.DetachAll() }
 
 var _ nke.Link = (*Interface)(nil)
 

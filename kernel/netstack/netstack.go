@@ -121,18 +121,8 @@ func netipMask(bits int) []byte {
 func (s *Stack) Shutdown() {
 	s.ep.detach()
 	// The IP filters get their Detached calls: nothing runs them now.
-	for _, c := range []*hook.Chain[*ipFilter]{s.ep.ipf.v4, s.ep.ipf.v6} {
-		var hs []*hook.Handle[*ipFilter]
-		for _, e := range c.Entries() {
-			hs = append(hs, c.HandleOf(e))
-		}
-		for _, h := range hs {
-			h.Detach()
-		}
-		for _, h := range hs {
-			<-h.Done()
-		}
-	}
+	s.ep.ipf.v4.DetachAll()
+	s.ep.ipf.v6.DetachAll()
 	s.Stack.Destroy()
 	s.ep.rxReas.flush()
 	s.ep.txReas.flush()
