@@ -121,33 +121,33 @@ func (s *sock) Protocol() uint8 {
 	return 1
 }
 
-// LocalAddr is the bound address (the filters' view: no seam runs).
-func (s *sock) LocalAddr() netip.AddrPort {
-	if a, err := s.ep.GetLocalAddress(); err == nil && !s.isClosed() {
-		ap := addrPort(a)
-		s.mu.Lock()
-		s.laddr = ap
-		s.mu.Unlock()
-		return ap
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.laddr
-}
+// LocalAddr is the bound address (the filters' view: no seam runs); after
+// close, the last one.
+func (s *sock) LocalAddr() netip.AddrPort { return s.cachedAddr(true) }
 
 // RemoteAddr is the connected peer, the zero value if none; after close,
 // the last one.
-func (s *sock) RemoteAddr() netip.AddrPort {
-	if a, err := s.ep.GetRemoteAddress(); err == nil && !s.isClosed() {
-		ap := addrPort(a)
-		s.mu.Lock()
-		s.raddr = ap
-		s.mu.Unlock()
-		return ap
+func (s *sock) RemoteAddr() netip.AddrPort { return s.cachedAddr(false) }
+
+// cachedAddr reads the local or remote address from the endpoint while
+// the socket is open, keeping it for after close.
+func (s *sock) cachedAddr(local bool) netip.AddrPort {
+	get := s.ep.GetRemoteAddress
+	if local {
+		get = s.ep.GetLocalAddress
 	}
+	a, err := get()
+	open := err == nil && !s.isClosed()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.raddr
+	cache := &s.raddr
+	if local {
+		cache = &s.laddr
+	}
+	if open {
+		*cache = addrPort(a)
+	}
+	return *cache
 }
 
 // cacheAddrs keeps the addresses for filters asking after close.
@@ -381,11 +381,7 @@ func (s *sock) writeLoop(to *tcpip.FullAddress, total int, dl <-chan struct{}, r
 				return n, net.ErrClosed
 			}
 		default:
-			if s.isClosed() {
-				return n, net.ErrClosed
-			}
-			s.lost(err)
-			return n, s.streamErr(err)
+			return n, s.failed(err)
 		}
 	}
 }

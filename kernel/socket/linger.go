@@ -1,6 +1,7 @@
 package socket
 
 import (
+	"net"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -119,9 +120,14 @@ func (s *sock) Abort(err error) {
 	s.ep.Abort()
 }
 
-// streamErr is what a read or write reports for a transport error: the
-// abort's error if the socket was aborted for lost data.
-func (s *sock) streamErr(err tcpip.Error) error {
+// failed is what a read or write reports for a transport error:
+// net.ErrClosed once the socket is closed, the abort's error if it was
+// aborted for lost data, else the errno; a lost connection is noted.
+func (s *sock) failed(err tcpip.Error) error {
+	if s.isClosed() {
+		return net.ErrClosed
+	}
+	s.lost(err)
 	if e := s.abortErr.Load(); e != nil {
 		return *e
 	}

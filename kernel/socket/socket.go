@@ -665,11 +665,7 @@ func (s *sock) recv(p []byte, opts tcpip.ReadOptions) (tcpip.ReadResult, []byte,
 			s.notify(EvCantRecvMore)
 			return tcpip.ReadResult{}, nil, io.EOF
 		default:
-			if s.isClosed() {
-				return tcpip.ReadResult{}, nil, net.ErrClosed
-			}
-			s.lost(err)
-			return tcpip.ReadResult{}, nil, s.streamErr(err)
+			return tcpip.ReadResult{}, nil, s.failed(err)
 		}
 	}
 }
@@ -709,11 +705,7 @@ func (s *sock) send(p []byte, to *tcpip.FullAddress) (int, error) {
 				return n, net.ErrClosed
 			}
 		default:
-			if s.isClosed() {
-				return n, net.ErrClosed
-			}
-			s.lost(err)
-			return n, s.streamErr(err)
+			return n, s.failed(err)
 		}
 	}
 }
