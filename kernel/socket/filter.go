@@ -195,21 +195,23 @@ func (s *sock) State() sockfilter.State {
 type rqEntry struct {
 	from  netip.AddrPort
 	m     *mbuf.Mbuf
-	off   int  // read so far (streams)
-	trunc bool // a datagram cut short before the filters saw it
+	off   int        // read so far (streams)
+	trunc bool       // a datagram cut short before the filters saw it
+	ctl   *mbuf.Mbuf // a datagram's control messages, or nil
 }
 
 // DeliverIn appends data to the socket's receive queue, which reads
-// consume before data from the transport; control is not kept. It
-// consumes both; after close the data is freed and net.ErrClosed
-// returned.
+// consume before data from the transport; a datagram's control goes
+// with it to ReadMsgUDP (a stream's is freed). It consumes both; after
+// close they are freed and net.ErrClosed returned.
 func (s *sock) DeliverIn(from netip.AddrPort, data, control *mbuf.Mbuf, flags nke.DataFlags) error {
 	return s.enqueue(from, data, control, false)
 }
 
 func (s *sock) enqueue(from netip.AddrPort, data, control *mbuf.Mbuf, trunc bool) error {
-	if control != nil {
+	if control != nil && (s.kind == kindTCP || data == nil) {
 		control.Free()
+		control = nil
 	}
 	if data == nil {
 		return nil
@@ -218,9 +220,12 @@ func (s *sock) enqueue(from netip.AddrPort, data, control *mbuf.Mbuf, trunc bool
 	if s.rqClosed {
 		s.rqMu.Unlock()
 		data.Free()
+		if control != nil {
+			control.Free()
+		}
 		return net.ErrClosed
 	}
-	s.rq = append(s.rq, rqEntry{from: from, m: data, trunc: trunc})
+	s.rq = append(s.rq, rqEntry{from: from, m: data, trunc: trunc, ctl: control})
 	s.rqAny.Store(true)
 	s.rqMu.Unlock()
 	select {
@@ -231,7 +236,10 @@ func (s *sock) enqueue(from netip.AddrPort, data, control *mbuf.Mbuf, trunc bool
 }
 
 // fromQueue reads the receive queue's first data into p: as much as
-// fits of a stream's, one datagram (truncated to p) otherwise.
+// fits of a stream's, one datagram (truncated to p) otherwise, with its
+// control messages in s.rctl.
+//
+// +checklocks:s.readMu
 func (s *sock) fromQueue(p []byte) (tcpip.ReadResult, []byte, bool) {
 	s.rqMu.Lock()
 	defer s.rqMu.Unlock()
@@ -251,6 +259,15 @@ func (s *sock) fromQueue(p []byte) (tcpip.ReadResult, []byte, bool) {
 	} else if e.trunc && res.Total == n {
 		res.Total++
 	}
+	if e.ctl != nil {
+		k := e.ctl.PktLen()
+		if cap(s.ctlBuf) < k {
+			s.ctlBuf = make([]byte, 0, max(k, ctlRoom))
+		}
+		s.rctl = s.ctlBuf[:k]
+		_ = e.ctl.CopyData(0, s.rctl)
+		e.ctl.Free()
+	}
 	e.m.Free()
 	*e = rqEntry{}
 	if s.rqHead++; s.rqHead == len(s.rq) {
@@ -267,6 +284,9 @@ func (s *sock) freeRecvQueue() {
 	s.rqClosed = true
 	for i := s.rqHead; i < len(s.rq); i++ {
 		s.rq[i].m.Free()
+		if s.rq[i].ctl != nil {
+			s.rq[i].ctl.Free()
+		}
 	}
 	s.rq, s.rqHead = nil, 0
 	s.rqAny.Store(false)
@@ -275,10 +295,22 @@ func (s *sock) freeRecvQueue() {
 // SendOut writes data to the endpoint, bypassing the filters (injected
 // data: they have run); it consumes data and control. A stream's data
 // is written whole, waiting for room; the socket's write deadline does
-// not apply.
+// not apply. A datagram's control is applied as WriteMsgUDP's is
+// (control.go); one that cannot be is an error, and nothing is sent.
 func (s *sock) SendOut(to netip.AddrPort, data, control *mbuf.Mbuf, flags nke.DataFlags) error {
+	var cm tcpip.SendableControlMessages
 	if control != nil {
+		var err error
+		if s.kind != kindTCP {
+			cm, err = s.controlOf(control, nil)
+		}
 		control.Free()
+		if err != nil {
+			if data != nil {
+				data.Free()
+			}
+			return err
+		}
 	}
 	if data == nil {
 		return nil
@@ -288,7 +320,7 @@ func (s *sock) SendOut(to netip.AddrPort, data, control *mbuf.Mbuf, flags nke.Da
 		a := fullAddr(to, 0)
 		fa = &a
 	}
-	_, err := s.writeChain(fa, data, nil)
+	_, err := s.writeChain(fa, data, cm, nil)
 	return err
 }
 
@@ -321,9 +353,10 @@ func (r *chainReader) Len() int { return r.left }
 // writeChain writes m (freed here) to the endpoint, all of it for a
 // stream, waiting for room, for dl (nil: no deadline) or close. It
 // returns how much was written.
-func (s *sock) writeChain(to *tcpip.FullAddress, m *mbuf.Mbuf, dl <-chan struct{}) (int, error) {
+func (s *sock) writeChain(to *tcpip.FullAddress, m *mbuf.Mbuf, cm tcpip.SendableControlMessages, dl <-chan struct{}) (int, error) {
 	s.outMu.Lock()
 	s.obuf.reset(m)
+	s.ocm = cm
 	n, err := s.writeChainLocked(to, m.PktLen(), dl)
 	s.obuf.reset(nil)
 	s.outMu.Unlock()
@@ -358,7 +391,7 @@ func (s *sock) writeLoop(to *tcpip.FullAddress, total int, dl <-chan struct{}, r
 		if s.isClosed() {
 			return n, net.ErrClosed
 		}
-		k, err := s.ep.Write(&s.obuf, tcpip.WriteOptions{To: to})
+		k, err := s.ep.Write(&s.obuf, tcpip.WriteOptions{To: to, ControlMessages: s.ocm})
 		n += int(k)
 		switch err.(type) {
 		case nil:
@@ -441,7 +474,7 @@ func (s *sock) sendFiltered(p []byte, to *tcpip.FullAddress) (int, error) {
 		s.tr("data_out")
 		if len(chunk) == 0 { // an empty datagram: nothing for the filters
 			s.wbuf.Reset(chunk)
-			k, err := s.ep.Write(&s.wbuf, tcpip.WriteOptions{To: to})
+			k, err := s.ep.Write(&s.wbuf, tcpip.WriteOptions{To: to, ControlMessages: s.wcm})
 			if err != nil {
 				return 0, tcpipErr(err)
 			}
@@ -455,10 +488,21 @@ func (s *sock) sendFiltered(p []byte, to *tcpip.FullAddress) (int, error) {
 			return n, os.ErrDeadlineExceeded
 		}
 		copyIn(m, chunk)
-		s.outData, s.outCtl = m, nil
+		var ctl *mbuf.Mbuf
+		if len(s.woob) > 0 {
+			if ctl = s.allocChain(len(s.woob), dl); ctl == nil {
+				m.Free()
+				if s.isClosed() {
+					return n, net.ErrClosed
+				}
+				return n, os.ErrDeadlineExceeded
+			}
+			copyIn(ctl, s.woob)
+		}
+		s.outData, s.outCtl = m, ctl
 		orig := m
 		swallowed, err := s.fs.DataOut(dest, &s.outData, &s.outCtl, flags)
-		m, ctl := s.outData, s.outCtl
+		m, ctl = s.outData, s.outCtl
 		s.outData, s.outCtl = nil, nil
 		switch {
 		case swallowed:
@@ -474,14 +518,26 @@ func (s *sock) sendFiltered(p []byte, to *tcpip.FullAddress) (int, error) {
 			}
 			return n, err
 		}
+		cm := s.wcm
 		if ctl != nil {
+			var cerr error
+			if k := ctl.PktLen(); cap(s.wctl) < k {
+				s.wctl = make([]byte, 0, max(k, ctlRoom))
+			}
+			cm, cerr = s.controlOf(ctl, s.wctl[:0])
 			ctl.Free()
+			if cerr != nil { // what the filters left cannot be applied
+				if m != nil {
+					m.Free()
+				}
+				return n, cerr
+			}
 		}
 		if m == nil { // taken by a filter
 			n += len(chunk)
 			continue
 		}
-		k, werr := s.writeChain(to, m, dl)
+		k, werr := s.writeChain(to, m, cm, dl)
 		if werr != nil {
 			return n + min(k, len(chunk)), werr
 		}
@@ -494,12 +550,20 @@ func (s *sock) sendFiltered(p []byte, to *tcpip.FullAddress) (int, error) {
 // what they pass is queued for the reader.
 //
 // +checklocks:s.readMu
-func (s *sock) filterIn(from *tcpip.FullAddress, data []byte, trunc bool) {
+func (s *sock) filterIn(from *tcpip.FullAddress, data, ctlData []byte, trunc bool) {
 	m := s.allocChain(len(data), nil)
 	if m == nil {
 		return // closed
 	}
 	copyIn(m, data)
+	var ctl *mbuf.Mbuf
+	if len(ctlData) > 0 {
+		if ctl = s.allocChain(len(ctlData), nil); ctl == nil {
+			m.Free()
+			return // closed
+		}
+		copyIn(ctl, ctlData)
+	}
 	var src netip.AddrPort
 	var flags nke.DataFlags
 	if from != nil {
@@ -510,10 +574,10 @@ func (s *sock) filterIn(from *tcpip.FullAddress, data []byte, trunc bool) {
 	if s.kind != kindTCP {
 		flags = nke.DataRecord
 	}
-	s.inData, s.inCtl = m, nil
+	s.inData, s.inCtl = m, ctl
 	orig := m
 	swallowed, err := s.fs.DataIn(src, &s.inData, &s.inCtl, flags)
-	m, ctl := s.inData, s.inCtl
+	m, ctl = s.inData, s.inCtl
 	s.inData, s.inCtl = nil, nil
 	switch {
 	case swallowed:
@@ -574,11 +638,12 @@ const OptNKE Option = 100
 // The levels and names filters see, Linux's numbers.
 const (
 	SOLSocket  = 1
+	IPProtoIP  = 0
 	IPProtoTCP = 6
 	IPProtoV6  = 41
 )
 
-func (o Option) sockOpt(v int) nke.SockOpt {
+func (o Option) sockOpt(v6 bool, v int) nke.SockOpt {
 	level, name := SOLSocket, 0
 	switch o {
 	case OptReuseAddr:
@@ -595,6 +660,21 @@ func (o Option) sockOpt(v int) nke.SockOpt {
 		level, name = IPProtoTCP, 1
 	case OptV6Only:
 		level, name = IPProtoV6, 26
+	case OptRecvPktInfo:
+		level, name = IPProtoIP, 8 // IP_PKTINFO
+		if v6 {
+			level, name = IPProtoV6, 49 // IPV6_RECVPKTINFO
+		}
+	case OptRecvTOS:
+		level, name = IPProtoIP, 13 // IP_RECVTOS
+		if v6 {
+			level, name = IPProtoV6, 66 // IPV6_RECVTCLASS
+		}
+	case OptRecvTTL:
+		level, name = IPProtoIP, 12 // IP_RECVTTL
+		if v6 {
+			level, name = IPProtoV6, 51 // IPV6_RECVHOPLIMIT
+		}
 	case OptNKE:
 		name = 0x1101 // SO_NKE on Darwin
 	}

@@ -20,6 +20,11 @@ const (
 	OptNoDelay                     // TCP_NODELAY
 	OptV6Only                      // IPV6_V6ONLY
 	OptBroadcast                   // SO_BROADCAST
+	// The receive control messages of a datagram socket (ReadMsgUDP's
+	// oob and what filters get as control; package nke/cmsg).
+	OptRecvPktInfo // IP_PKTINFO, IPV6_RECVPKTINFO: destination address and interface
+	OptRecvTOS     // IP_RECVTOS, IPV6_RECVTCLASS
+	OptRecvTTL     // IP_RECVTTL, IPV6_RECVHOPLIMIT
 )
 
 func (o Option) String() string {
@@ -38,11 +43,17 @@ func (o Option) String() string {
 		return "IPV6_V6ONLY"
 	case OptBroadcast:
 		return "SO_BROADCAST"
+	case OptRecvPktInfo:
+		return "IP_PKTINFO"
+	case OptRecvTOS:
+		return "IP_RECVTOS"
+	case OptRecvTTL:
+		return "IP_RECVTTL"
 	}
 	return fmt.Sprintf("Option(%d)", int(o))
 }
 
-func (o Option) set(ep tcpip.Endpoint, v int) error {
+func (o Option) set(ep tcpip.Endpoint, v6 bool, v int) error {
 	so := ep.SocketOptions()
 	switch o {
 	case OptReuseAddr:
@@ -59,6 +70,24 @@ func (o Option) set(ep tcpip.Endpoint, v int) error {
 		so.SetV6Only(v != 0)
 	case OptBroadcast:
 		so.SetBroadcast(v != 0)
+	case OptRecvPktInfo:
+		if v6 {
+			so.SetIPv6ReceivePacketInfo(v != 0)
+		} else {
+			so.SetReceivePacketInfo(v != 0)
+		}
+	case OptRecvTOS:
+		if v6 {
+			so.SetReceiveTClass(v != 0)
+		} else {
+			so.SetReceiveTOS(v != 0)
+		}
+	case OptRecvTTL:
+		if v6 {
+			so.SetReceiveHopLimit(v != 0)
+		} else {
+			so.SetReceiveTTL(v != 0)
+		}
 	default:
 		return syscall.ENOPROTOOPT
 	}
@@ -72,7 +101,7 @@ func b2i(b bool) int {
 	return 0
 }
 
-func (o Option) get(ep tcpip.Endpoint) (int, error) {
+func (o Option) get(ep tcpip.Endpoint, v6 bool) (int, error) {
 	so := ep.SocketOptions()
 	switch o {
 	case OptReuseAddr:
@@ -89,6 +118,21 @@ func (o Option) get(ep tcpip.Endpoint) (int, error) {
 		return b2i(so.GetV6Only()), nil
 	case OptBroadcast:
 		return b2i(so.GetBroadcast()), nil
+	case OptRecvPktInfo:
+		if v6 {
+			return b2i(so.GetIPv6ReceivePacketInfo()), nil
+		}
+		return b2i(so.GetReceivePacketInfo()), nil
+	case OptRecvTOS:
+		if v6 {
+			return b2i(so.GetReceiveTClass()), nil
+		}
+		return b2i(so.GetReceiveTOS()), nil
+	case OptRecvTTL:
+		if v6 {
+			return b2i(so.GetReceiveHopLimit()), nil
+		}
+		return b2i(so.GetReceiveTTL()), nil
 	}
 	return 0, syscall.ENOPROTOOPT
 }

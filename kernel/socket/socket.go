@@ -221,12 +221,28 @@ type sock struct {
 	// that filters see all of each datagram (made at the first).
 	// +checklocks:readMu
 	dgBuf []byte
+	// rctl is the control messages of the datagram last read (in
+	// ctlBuf, made at the first), for ReadMsgUDP.
+	// +checklocks:readMu
+	rctl []byte
+	// +checklocks:readMu
+	ctlBuf []byte
+	// woob is the control messages a WriteMsgUDP passes its filters,
+	// wcm what they say to the endpoint.
+	// +checklocks:writeMu
+	woob []byte
+	// +checklocks:writeMu
+	wcm tcpip.SendableControlMessages
+	// +checklocks:writeMu
+	wctl []byte // room to read back the filters' control
 
 	// outMu serializes what goes to the endpoint from the filtered send
 	// path and injected data (SendOut); obuf is its Payloader.
 	outMu sync.Mutex
 	// +checklocks:outMu
 	obuf chainReader
+	// +checklocks:outMu
+	ocm tcpip.SendableControlMessages
 
 	// rqAny says the receive queue may hold data (read without rqMu).
 	rqAny atomic.Bool
@@ -366,12 +382,13 @@ func (s *sock) notify(ev Event) {
 // pass goes to the receive queue, which the reader reads next.
 //
 // +checklocks:s.readMu
-func (s *sock) dataIn(from *tcpip.FullAddress, data []byte, trunc bool) []byte {
+func (s *sock) dataIn(from *tcpip.FullAddress, data, ctl []byte, trunc bool) []byte {
 	s.tr("data_in")
 	if !s.filtered() || len(data) == 0 {
+		s.rctl = ctl
 		return data
 	}
-	s.filterIn(from, data, trunc)
+	s.filterIn(from, data, ctl, trunc)
 	return nil
 }
 
@@ -383,7 +400,7 @@ func (s *sock) dataIn(from *tcpip.FullAddress, data []byte, trunc bool) []byte {
 func (s *sock) dataOut(to *tcpip.FullAddress, data []byte) (int64, tcpip.Error) {
 	s.tr("data_out")
 	s.wbuf.Reset(data)
-	return s.ep.Write(&s.wbuf, tcpip.WriteOptions{To: to})
+	return s.ep.Write(&s.wbuf, tcpip.WriteOptions{To: to, ControlMessages: s.wcm})
 }
 
 // The control seams follow the control rule: a filter's error is
@@ -461,7 +478,7 @@ func (s *sock) accept(c *sock) (sockfilter.AcceptResult, error) {
 func (s *sock) setOption(o Option, v int) error {
 	s.tr("setoption")
 	if s.filtered() {
-		opt := o.sockOpt(v)
+		opt := o.sockOpt(s.v6, v)
 		if done, err := s.fs.SetOption(&opt); done || err != nil {
 			return err
 		}
@@ -470,7 +487,7 @@ func (s *sock) setOption(o Option, v int) error {
 	if o == OptNKE {
 		return s.attachFilter(uint32(v))
 	}
-	return o.set(s.ep, v)
+	return o.set(s.ep, s.v6, v)
 }
 
 // getOption is sf_getoption: a filter that swallows it answers (its
@@ -478,14 +495,14 @@ func (s *sock) setOption(o Option, v int) error {
 func (s *sock) getOption(o Option) (int, error) {
 	s.tr("getoption")
 	if s.filtered() {
-		opt := o.sockOpt(0)
+		opt := o.sockOpt(s.v6, 0)
 		if done, err := s.fs.GetOption(&opt); err != nil {
 			return 0, err
 		} else if done {
 			return optValue(opt.Value, 0), nil
 		}
 	}
-	return o.get(s.ep)
+	return o.get(s.ep, s.v6)
 }
 
 // ioctl is sf_ioctl: a filter that swallows it answers (its arg).
@@ -612,6 +629,7 @@ func (s *sock) isClosed() bool {
 // +checklocks:s.readMu
 func (s *sock) recv(p []byte, opts tcpip.ReadOptions) (tcpip.ReadResult, []byte, error) {
 	dl := s.rd.wait()
+	s.rctl = nil
 	for {
 		select {
 		case <-s.closed:
@@ -640,7 +658,11 @@ func (s *sock) recv(p []byte, opts tcpip.ReadOptions) (tcpip.ReadResult, []byte,
 			if opts.NeedRemoteAddr {
 				from = &res.RemoteAddr
 			}
-			data := s.dataIn(from, buf[:res.Count], res.Total > res.Count)
+			var ctl []byte
+			if s.kind != kindTCP {
+				ctl = s.recvControl(&res.ControlMessages)
+			}
+			data := s.dataIn(from, buf[:res.Count], ctl, res.Total > res.Count)
 			if len(data) == 0 && res.Count > 0 {
 				continue // taken by the receive path; wait for more
 			}

@@ -116,22 +116,27 @@ func (d dgram) opErr(op string, addr net.Addr, err error) error {
 }
 
 // readMsg reads one datagram: its length in p (a longer one is
-// truncated to p, and truncated is set) and its sender.
-func (d dgram) readMsg(p []byte) (n int, truncated bool, from tcpip.FullAddress, err error) {
+// truncated to p, and truncated is set), its sender, and its control
+// messages into oob (oobn bytes; ctrunc if they did not fit).
+func (d dgram) readMsg(p, oob []byte) (n, oobn int, truncated, ctrunc bool, from tcpip.FullAddress, err error) {
 	s := d.s
 	s.readMu.Lock()
 	res, data, err := s.recv(p, tcpip.ReadOptions{NeedRemoteAddr: true})
+	if err == nil && len(s.rctl) > 0 {
+		oobn = copy(oob, s.rctl)
+		ctrunc = oobn < len(s.rctl)
+	}
 	s.readMu.Unlock()
 	if err != nil {
-		return 0, false, from, d.opErr("read", nil, err)
+		return 0, 0, false, false, from, d.opErr("read", nil, err)
 	}
-	return len(data), res.Total > res.Count, res.RemoteAddr, nil
+	return len(data), oobn, res.Total > res.Count, ctrunc, res.RemoteAddr, nil
 }
 
 // ReadFrom reads one datagram into p, truncated to p if longer (as the
 // standard library's), and returns its sender.
 func (d dgram) ReadFrom(p []byte) (int, net.Addr, error) {
-	n, _, from, err := d.readMsg(p)
+	n, _, _, _, from, err := d.readMsg(p, nil)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -140,21 +145,62 @@ func (d dgram) ReadFrom(p []byte) (int, net.Addr, error) {
 
 // Read reads one datagram (of a connected socket).
 func (d dgram) Read(p []byte) (int, error) {
-	n, _, _, err := d.readMsg(p)
+	n, _, _, _, _, err := d.readMsg(p, nil)
 	return n, err
 }
 
 // ReadMsgUDP is net.UDPConn's: flags has syscall.MSG_TRUNC when the
-// datagram did not fit in b. No control messages are returned.
+// datagram did not fit in b. oob gets the control messages the socket's
+// options ask for (OptRecvPktInfo, OptRecvTOS, OptRecvTTL), as the
+// filters passed them, in Linux's layout (package nke/cmsg);
+// syscall.MSG_CTRUNC when they did not fit.
 func (c *UDPConn) ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr, err error) {
-	n, trunc, from, err := c.readMsg(b)
+	n, oobn, trunc, ctrunc, from, err := c.readMsg(b, oob)
 	if err != nil {
 		return 0, 0, 0, nil, err
 	}
 	if trunc {
 		flags |= syscall.MSG_TRUNC
 	}
-	return n, 0, flags, udpAddr(from), nil
+	if ctrunc {
+		flags |= syscall.MSG_CTRUNC
+	}
+	return n, oobn, flags, udpAddr(from), nil
+}
+
+// WriteMsgUDP is net.UDPConn's: b as one datagram to addr (nil: the
+// connected peer) with the control messages in oob, which the filters'
+// data out see as control. The layer applies IP_TTL, IPV6_HOPLIMIT and
+// IPV6_PKTINFO; any other message is refused (EINVAL) and nothing is
+// sent.
+func (c *UDPConn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
+	s := c.s
+	var to *tcpip.FullAddress
+	var na net.Addr = c.RemoteAddr()
+	if addr != nil {
+		na = addr
+		fa, v6, err := fromNetAddr(addr)
+		if err == nil && v6 != s.v6 {
+			err = syscall.EAFNOSUPPORT
+		}
+		if err != nil {
+			return 0, 0, c.opErr("write", addr, err)
+		}
+		to = &fa
+	}
+	cm, err := sendControl(oob, s.v6)
+	if err != nil {
+		return 0, 0, c.opErr("write", na, err)
+	}
+	s.writeMu.Lock()
+	s.woob, s.wcm = oob, cm
+	n, err = s.send(b, to)
+	s.woob, s.wcm = nil, tcpip.SendableControlMessages{}
+	s.writeMu.Unlock()
+	if err != nil {
+		return n, 0, c.opErr("write", na, err)
+	}
+	return n, len(oob), nil
 }
 
 // WriteTo sends p as one datagram to addr (*net.UDPAddr, or *net.IPAddr
