@@ -259,15 +259,19 @@ func (r *Registry) DisconnectOwner(owner string, reason error) int {
 	return n
 }
 
-// RemoveOwner disconnects owner's clients and removes its endpoints: for
-// an NKE that stopped without deregistering them. It returns the names
-// removed.
+// RemoveOwner removes owner's endpoints and disconnects their clients:
+// for an NKE that stopped without deregistering them. Removed first, so
+// nobody connects meanwhile. It returns the names removed.
 func (r *Registry) RemoveOwner(owner string) []string {
-	r.DisconnectOwner(owner, errors.New("endpoint removed: its NKE stopped"))
+	reason := fmt.Errorf("%w: endpoint removed: its NKE stopped", ErrDisconnected)
 	var names []string
 	for _, ep := range r.endpoints(owner) {
-		if ep.remove(true) == nil {
-			names = append(names, ep.spec.Name)
+		if ep.remove(true) != nil {
+			continue // deregistered meanwhile
+		}
+		names = append(names, ep.spec.Name)
+		for _, c := range ep.snapshot() {
+			c.disconnect(reason)
 		}
 	}
 	return names

@@ -699,3 +699,68 @@ func BenchmarkEnqueueRecv(b *testing.B) {
 		}
 	}
 }
+
+// A forced disconnect while clients send: once DisconnectOwner has
+// returned (new clients refused), no callback of the NKE runs again and
+// Deregister succeeds.
+func TestForcedDisconnectUnderLoad(t *testing.T) {
+	r := New(Config{})
+	var after atomic.Bool
+	var late atomic.Int32
+	var ctl nke.Control
+	ctl, err := r.Hook(owner).RegisterControl(nke.ControlSpec{Name: "com.example.load", RecvSize: 256,
+		Connect: func(uint32) (any, error) { return nil, nil },
+		Send: func(u uint32, _ any, d []byte) error {
+			if after.Load() {
+				late.Add(1)
+			}
+			_ = ctl.Enqueue(u, d)
+			return nil
+		},
+		Disconnect: func(uint32, any) {
+			if after.Load() {
+				late.Add(1)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	started := make(chan struct{}, 8)
+	for range 8 {
+		c, err := r.Connect("com.example.load")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			started <- struct{}{}
+			for c.Send([]byte("x")) == nil {
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for {
+				if _, err := c.Recv(context.Background(), make([]byte, 8)); errors.Is(err, ErrDisconnected) {
+					return
+				}
+			}
+		}()
+	}
+	for range 8 {
+		<-started
+	}
+	r.SetRefusing(owner, true)
+	if n := r.DisconnectOwner(owner, nil); n != 8 {
+		t.Errorf("disconnected %d, want 8", n)
+	}
+	after.Store(true)
+	wg.Wait()
+	if late.Load() != 0 {
+		t.Errorf("%d callbacks after DisconnectOwner returned", late.Load())
+	}
+	if err := ctl.Deregister(); err != nil {
+		t.Errorf("deregister after the forced disconnect: %v", err)
+	}
+}
