@@ -45,6 +45,10 @@ type Kernel interface {
 	// Sockets is where socket filters register (sflt_register) and
 	// data is injected into sockets.
 	Sockets() SocketHook
+	// Control is where kernel-control endpoints register (ctl_register);
+	// the endpoints belong to this NKE, whose unload is refused while
+	// clients are connected to them.
+	Control() ControlHook
 	// Logf writes to the guest's log, prefixed with the NKE's name.
 	Logf(format string, args ...any)
 }

@@ -19,6 +19,8 @@ import (
 	"github.com/nke-harness/nke/kernel/hugepage"
 	"github.com/nke-harness/nke/kernel/ifnet"
 	"github.com/nke-harness/nke/kernel/initproc"
+	"github.com/nke-harness/nke/kernel/kctl"
+	"github.com/nke-harness/nke/kernel/kevent"
 	"github.com/nke-harness/nke/kernel/netstack"
 	"github.com/nke-harness/nke/kernel/services"
 	"github.com/nke-harness/nke/kernel/sockfilter"
@@ -183,7 +185,20 @@ type Guest struct {
 	// NKEs, in start order.
 	sockets *sockfilter.Registry
 	nkes    nkeSet
+	// events is the kernel event stream; ctl the kernel-control
+	// endpoints NKEs register.
+	events *kevent.Bus
+	ctl    *kctl.Registry
 }
+
+// Events is the kernel event stream (`nkectl events`): the loader
+// publishes loads and unloads on it, the control channel subscribes.
+func (g *Guest) Events() *kevent.Bus { return g.events }
+
+// Controls is the kernel-control registry (`nkectl ctl`): the control
+// channel connects clients through it, the loader asks it for an NKE's
+// clients before an unload.
+func (g *Guest) Controls() *kctl.Registry { return g.ctl }
 
 // Main runs the harness as PID 1 and never returns.
 func Main() {
@@ -214,7 +229,9 @@ func Boot(logf func(string, ...any)) (*Guest, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Guest{Settings: set, Version: Version()}
+	events := &kevent.Bus{}
+	g := &Guest{Settings: set, Version: Version(), events: events,
+		ctl: kctl.New(kctl.Config{Events: events, Logf: logf})}
 	if err := initproc.Setup(initproc.Config{Hostname: "nke", Hugepages: set.Hugepages}); err != nil {
 		return nil, err
 	}
@@ -257,13 +274,19 @@ func Boot(logf func(string, ...any)) (*Guest, error) {
 		}
 		logf("rx mode: promiscuous off, all-multicast on")
 	}
-	if g.ifp, err = ifnet.New(g.drv, ifnet.Config{Name: "vtnet0", Index: 1, Logf: logf, DeepSleep: set.DeepSleep}); err != nil {
+	if g.ifp, err = ifnet.New(g.drv, ifnet.Config{Name: "vtnet0", Index: 1, Logf: logf, DeepSleep: set.DeepSleep, Events: g.events}); err != nil {
 		return nil, err
 	}
-	if g.st, err = netstack.New(g.ifp, netstack.Config{Addr: set.Addr, Gateway: set.Gateway}); err != nil {
+	if g.st, err = netstack.New(g.ifp, netstack.Config{Addr: set.Addr, Gateway: set.Gateway, Events: g.events}); err != nil {
 		return nil, err
 	}
-	g.sockets = sockfilter.New(func(f hook.Fault) { logf("%s\n%s", f, f.Stack) })
+	// A socket's own chain is made per socket: its faults reach the
+	// event stream through the report.
+	g.sockets = sockfilter.New(func(f hook.Fault) {
+		logf("%s\n%s", f, f.Stack)
+		g.events.Publish(kevent.Event{Kind: kevent.Fault, NKE: f.Filter, Hook: f.Hook, Detail: fmt.Sprint(f.Value)})
+	})
+	g.sockets.SetEvents(g.events)
 	if err := g.startNKEs(logf); err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/nke-harness/nke/kernel/hook"
 	"github.com/nke-harness/nke/kernel/ifnet"
 	"github.com/nke-harness/nke/kernel/initproc"
+	"github.com/nke-harness/nke/kernel/kctl"
 	"github.com/nke-harness/nke/kernel/netstack"
 	"github.com/nke-harness/nke/kernel/sockfilter"
 	"github.com/nke-harness/nke/virtio/virtionet"
@@ -46,6 +47,10 @@ type NKEStatus struct {
 	// Gone are filters detached lately (at most hook.MaxGone per hook),
 	// with their last counters and the fault that detached them.
 	Gone []hook.Gone `json:"detached"`
+	// Controls are the kernel-control endpoints with their clients'
+	// units; Events is how many kernel events were published.
+	Controls []kctl.EndpointInfo `json:"controls"`
+	Events   uint64              `json:"events"`
 }
 
 // StartedNKE is an NKE the guest started.
@@ -151,6 +156,10 @@ func (g *Guest) nkeStatus() NKEStatus {
 	if g.sockets != nil {
 		s.SocketFilters = g.sockets.Filters()
 	}
+	if g.ctl != nil {
+		s.Controls = g.ctl.Endpoints("")
+	}
+	s.Events = g.events.Published()
 	return s
 }
 
@@ -242,5 +251,8 @@ func writeNKEs(w io.Writer, s NKEStatus) {
 	}
 	for _, u := range s.Unclaimed {
 		fmt.Fprintf(w, "unclaimed  %s %#x: %d frames\n", u.Kind, u.Value, u.Count)
+	}
+	for _, c := range s.Controls {
+		fmt.Fprintf(w, "control    %s (%s): %d clients\n", c.Name, c.Owner, len(c.Units))
 	}
 }

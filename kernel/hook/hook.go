@@ -33,6 +33,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/nke-harness/nke/kernel/kevent"
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/mbuf"
 )
@@ -97,7 +98,13 @@ type Chain[F any] struct {
 
 	cur     atomic.Pointer[Snapshot[F]]
 	capture captureSlot
+	events  atomic.Pointer[kevent.Bus]
 }
+
+// SetEvents makes the chain publish its attaches, detaches and faults on
+// b (nil: stop). They are control-path events: the data path does not
+// look at b.
+func (c *Chain[F]) SetEvents(b *kevent.Bus) { c.events.Store(b) }
 
 // New returns an empty chain. name says which hook it is in errors and
 // fault reports ("vtnet0 input"); report, if not nil, receives each
@@ -194,9 +201,10 @@ func (e *Entry[F]) finish() {
 			// What it swallowed and never gave back is freed now.
 			if n := mbuf.ReclaimHeld(e.ID); n > 0 {
 				e.Stats.reclaimed.Add(uint64(n))
+				msg := fmt.Sprintf("detached holding %d swallowed packets it never re-injected or freed: freed them", n)
+				e.chain.events.Load().Publish(kevent.Event{Kind: kevent.Fault, NKE: e.Name, Hook: e.chain.name, ID: e.ID, Detail: msg})
 				if e.chain.report != nil {
-					e.chain.report(Fault{Hook: e.chain.name, Filter: e.Name,
-						Value: fmt.Sprintf("detached holding %d swallowed packets it never re-injected or freed: freed them", n)})
+					e.chain.report(Fault{Hook: e.chain.name, Filter: e.Name, Value: msg})
 				}
 			}
 			e.chain.recordGone(e)
@@ -224,6 +232,7 @@ func (c *Chain[F]) recordGone(e *Entry[F]) {
 	if f := e.fault.Load(); f != nil {
 		g.Fault = *f
 	}
+	c.events.Load().Publish(kevent.Event{Kind: kevent.FilterDetached, NKE: g.Name, Hook: g.Hook, ID: g.ID, Detail: g.Fault})
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.gone) == MaxGone {
@@ -276,6 +285,7 @@ func (c *Chain[F]) Attach(spec Spec[F]) (*Handle[F], error) {
 		return nil, fmt.Errorf("%s: attach %s: %w", c.name, spec.Name, err)
 	}
 	c.publishLocked(next)
+	c.events.Load().Publish(kevent.Event{Kind: kevent.FilterAttached, NKE: e.Name, Hook: c.name, ID: e.ID})
 	return &Handle[F]{e: e}, nil
 }
 
@@ -365,7 +375,12 @@ func (e *Entry[F]) Fault(v any) {
 	msg := fmt.Sprint(v)
 	e.fault.CompareAndSwap(nil, &msg)
 	f := Fault{Hook: e.chain.name, Filter: e.Name, Value: v, Stack: string(debug.Stack())}
-	if e.chain.detach(e) && e.chain.report != nil {
+	if !e.chain.detach(e) {
+		return
+	}
+	e.chain.events.Load().Publish(kevent.Event{Kind: kevent.Fault, NKE: e.Name, Hook: e.chain.name, ID: e.ID,
+		Detail: fmt.Sprintf("panicked: %s (detached)", msg)})
+	if e.chain.report != nil {
 		e.chain.report(f)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nke-harness/nke/kernel/hook"
+	"github.com/nke-harness/nke/kernel/kevent"
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/mbuf"
 )
@@ -83,6 +84,10 @@ type Config struct {
 	CheckEvery time.Duration
 	// Logf reports link changes and device recoveries.
 	Logf func(format string, args ...any)
+	// Events, if set, receives link changes, injections stopped by the
+	// hop limit, and the attaches, detaches and faults of the
+	// interface's filters, raw hooks and protocols.
+	Events *kevent.Bus
 }
 
 func (c *Config) defaults() {
@@ -212,6 +217,9 @@ func New(drv Driver, cfg Config) (*Interface, error) {
 	ifp.filters = hook.New[*ifFilter](cfg.Name+" filters", hook.FIFO, report)
 	ifp.raw = hook.New[*rawFilter](cfg.Name+" raw", hook.FIFO, report)
 	ifp.protos = hook.New[*ifProto](cfg.Name+" protocols", hook.FIFO, report)
+	ifp.filters.SetEvents(cfg.Events)
+	ifp.raw.SetEvents(cfg.Events)
+	ifp.protos.SetEvents(cfg.Events)
 	ifp.bounce = make([]*mbuf.Mbuf, 0, cfg.Burst)
 	ifp.learnIdentity()
 	return ifp, nil
@@ -317,6 +325,13 @@ func (ifp *Interface) stamp(m *mbuf.Mbuf, from nke.Attachment) error {
 	if _, err := nke.StampInjection(m, id); err != nil {
 		m.Free()
 		ifp.stats.injectDrops.Add(1)
+		if errors.Is(err, nke.ErrInjectLoop) {
+			name := ""
+			if from != nil {
+				name = from.Name()
+			}
+			ifp.cfg.Events.Publish(kevent.Event{Kind: kevent.InjectLoop, NKE: name, Interface: ifp.cfg.Name, ID: id, Detail: err.Error()})
+		}
 		return fmt.Errorf("ifnet %s: %w", ifp.cfg.Name, err)
 	}
 	return nil
@@ -629,10 +644,11 @@ func (ifp *Interface) check() {
 			state = "up"
 		}
 		ifp.cfg.Logf("%s: link %s", ifp.cfg.Name, state)
-		ev := nke.EventLinkDown
+		ev, kind := nke.EventLinkDown, kevent.LinkDown
 		if up {
-			ev = nke.EventLinkUp
+			ev, kind = nke.EventLinkUp, kevent.LinkUp
 		}
+		ifp.cfg.Events.Publish(kevent.Event{Kind: kind, Interface: ifp.cfg.Name})
 		ifp.event(ev)
 	}
 }

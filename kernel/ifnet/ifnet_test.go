@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/nke-harness/nke/kernel/ifnet"
+	"github.com/nke-harness/nke/kernel/kevent"
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/dma"
 	"github.com/nke-harness/nke/nke/mbuf"
@@ -228,5 +231,30 @@ func TestRecoveryLearnsNewMAC(t *testing.T) {
 	}
 	if !strings.Contains(r.logs.String(), "came back with MAC 525400010203") {
 		t.Errorf("the change was not logged:\n%s", r.logs.String())
+	}
+}
+
+func TestLinkEvents(t *testing.T) {
+	var bus kevent.Bus
+	sub := bus.Subscribe(8, kevent.LinkUp, kevent.LinkDown)
+	defer sub.Close()
+	r := newRig(t, ifnet.Config{CheckEvery: time.Millisecond, Events: &bus})
+	r.ifp.Start()
+	waitFor(t, "link up", r.ifp.LinkUp)
+	r.dev.SetLink(false)
+	waitFor(t, "link down", func() bool { return !r.ifp.LinkUp() })
+	r.dev.SetLink(true)
+	waitFor(t, "link up again", r.ifp.LinkUp)
+	var got []string
+	for len(got) < 2 {
+		select {
+		case e := <-sub.C():
+			got = append(got, e.Kind.String()+" "+e.Interface)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("link events: %v, want 2", got)
+		}
+	}
+	if d := cmp.Diff([]string{"link-down vtnet0", "link-up vtnet0"}, got); d != "" {
+		t.Errorf("link events (-want +got):\n%s", d)
 	}
 }

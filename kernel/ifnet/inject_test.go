@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/nke-harness/nke/kernel/kevent"
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/mbuf"
 )
@@ -123,13 +124,14 @@ func TestInjectOutputTagged(t *testing.T) {
 // own: a loop the hop limit must stop.
 type reinjector struct {
 	ifp  *Interface
+	att  nke.Attachment
 	errs []error
 }
 
 func (f *reinjector) FilterInput(_ nke.Interface, _ uint16, m **mbuf.Mbuf, frame []byte) nke.Verdict {
 	hdr, _ := (*m).Prepend(14)
 	copy(hdr, frame)
-	if err := f.ifp.InjectInput(*m, nil); err != nil {
+	if err := f.ifp.InjectInput(*m, f.att); err != nil {
 		f.errs = append(f.errs, err)
 	}
 	return nke.Swallow
@@ -137,8 +139,12 @@ func (f *reinjector) FilterInput(_ nke.Interface, _ uint16, m **mbuf.Mbuf, frame
 
 func TestInjectLoopIsStopped(t *testing.T) {
 	r := newFilterRig(t)
+	var bus kevent.Bus
+	sub := bus.Subscribe(8, kevent.InjectLoop)
+	defer sub.Close()
+	r.ifp.cfg.Events = &bus
 	f := &reinjector{ifp: r.ifp}
-	attach(t, r, nke.InterfaceFilterSpec{Name: "loop", Filter: f})
+	f.att = attach(t, r, nke.InterfaceFilterSpec{Name: "loop", Filter: f})
 	r.wire(ethFrame(0x0800, 1, 60))
 	for i := 0; i < 3*nke.MaxInjections; i++ {
 		r.ifp.PollOnce()
@@ -148,6 +154,12 @@ func TestInjectLoopIsStopped(t *testing.T) {
 	}
 	if st := r.ifp.Stats(); st.RxInjected != nke.MaxInjections || st.InjectDrops != 1 {
 		t.Errorf("injected %d (want %d), inject drops %d (want 1)", st.RxInjected, nke.MaxInjections, st.InjectDrops)
+	}
+	if len(sub.C()) != 1 {
+		t.Fatalf("%d inject-loop events, want 1", len(sub.C()))
+	}
+	if e := <-sub.C(); e.NKE != "loop" || e.Interface != "vt0" || e.ID != f.att.ID() || !strings.Contains(e.Detail, "injected too many times") {
+		t.Errorf("inject-loop event %+v", e)
 	}
 	// The rig's cleanup checks the packet was freed, not leaked.
 }

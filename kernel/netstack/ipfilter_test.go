@@ -9,12 +9,14 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/nke-harness/nke/kernel/hook"
 	"github.com/nke-harness/nke/kernel/ifnet"
+	"github.com/nke-harness/nke/kernel/kevent"
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/mbuf"
 	"github.com/nke-harness/nke/virtio/devmodel"
@@ -541,6 +543,10 @@ func TestIPFilterDetachWhileFlowing(t *testing.T) {
 // with Apple's ownership rules (input: the caller's; output: freed).
 func TestInjectIPProvenance(t *testing.T) {
 	r := newRig(t)
+	var bus kevent.Bus
+	loops := bus.Subscribe(8, kevent.InjectLoop)
+	defer loops.Close()
+	r.s.ep.events = &bus
 	var prov []nke.Provenance
 	var self nke.Attachment
 	f := &provFilter{seen: func(m *mbuf.Mbuf) {
@@ -603,6 +609,14 @@ func TestInjectIPProvenance(t *testing.T) {
 		t.Fatalf("filters ran on a refused inject: %v", prov)
 	}
 	r.sent()
+	var got []string
+	for len(loops.C()) > 0 {
+		e := <-loops.C()
+		got = append(got, e.Hook+" "+e.Interface)
+	}
+	if d := cmp.Diff([]string{"inet filters vtnet0", "inet filters vtnet0"}, got); d != "" {
+		t.Errorf("inject-loop events (-want +got):\n%s", d)
+	}
 }
 
 // provFilter passes everything, showing each packet to seen.

@@ -11,6 +11,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/nke-harness/nke/kernel/hook"
+	"github.com/nke-harness/nke/kernel/kevent"
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/mbuf"
 )
@@ -281,13 +282,19 @@ func (s *Stack) InjectIPInput(m *mbuf.Mbuf, ref nke.Attachment) error {
 	return s.ep.injectInput(m, ref, true)
 }
 
-// stampRef records an injection of m by ref (nil: none).
-func stampRef(m *mbuf.Mbuf, ref nke.Attachment) error {
+// stampRef records an injection of m by ref (nil: none); one past the
+// hop limit is published as an event.
+func (e *endpoint) stampRef(m *mbuf.Mbuf, ref nke.Attachment, v6 bool) error {
 	var id uint64
+	var name string
 	if ref != nil {
-		id = ref.ID()
+		id, name = ref.ID(), ref.Name()
 	}
 	_, err := nke.StampInjection(m, id)
+	if errors.Is(err, nke.ErrInjectLoop) {
+		e.events.Publish(kevent.Event{Kind: kevent.InjectLoop, NKE: name, Hook: e.ipf.chain(v6).Name(),
+			Interface: e.ifp.Name(), ID: id, Detail: err.Error()})
+	}
 	return err
 }
 
@@ -312,7 +319,7 @@ func (e *endpoint) injectInput(m *mbuf.Mbuf, ref nke.Attachment, stamp bool) err
 		return fmt.Errorf("netstack: inject input: %w", err)
 	}
 	if stamp {
-		if err := stampRef(m, ref); err != nil {
+		if err := e.stampRef(m, ref, v6); err != nil {
 			return fmt.Errorf("netstack: inject input: %w", err)
 		}
 	}
@@ -379,7 +386,7 @@ func (e *endpoint) injectOutput(m *mbuf.Mbuf, ref nke.Attachment) error {
 	s := e.ipf.chain(v6).Acquire()
 	at, err := position(s, ref)
 	if err == nil {
-		err = stampRef(m, ref)
+		err = e.stampRef(m, ref, v6)
 	}
 	if err != nil {
 		s.Release()

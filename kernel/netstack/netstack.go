@@ -22,6 +22,7 @@ import (
 
 	"github.com/nke-harness/nke/kernel/hook"
 	"github.com/nke-harness/nke/kernel/ifnet"
+	"github.com/nke-harness/nke/kernel/kevent"
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/mbuf"
 )
@@ -34,6 +35,9 @@ type Config struct {
 	Gateway netip.Addr
 	// Logf, if set, reports IP filters that panicked.
 	Logf func(format string, args ...any)
+	// Events, if set, receives the IP filters' attaches, detaches and
+	// faults and the injections stopped by the hop limit.
+	Events *kevent.Bus
 }
 
 // NICID is the stack's id for the one interface.
@@ -58,12 +62,14 @@ func New(ifp *ifnet.Interface, cfg Config) (*Stack, error) {
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 		HandleLocal:        true,
 	})
-	ep := &endpoint{ifp: ifp, pool: ifp.Pool(), stk: s}
+	ep := &endpoint{ifp: ifp, pool: ifp.Pool(), stk: s, events: cfg.Events}
 	logf := cfg.Logf
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
 	ep.initIPPath(func(f hook.Fault) { logf("%s\n%s", f, f.Stack) })
+	ep.ipf.v4.SetEvents(cfg.Events)
+	ep.ipf.v6.SetEvents(cfg.Events)
 	mac := ifp.MAC()
 	if err := s.CreateNICWithOptions(NICID, ep, stack.NICOptions{Name: ifp.Name()}); err != nil {
 		return nil, fmt.Errorf("netstack: create NIC: %s", err)
@@ -177,9 +183,10 @@ func (s *Stack) TCPStats() TCPStats {
 // endpoint is the stack.LinkEndpoint over an ifnet.Interface. Its MAC
 // and MTU are the interface's, which follow the device across resets.
 type endpoint struct {
-	ifp  *ifnet.Interface
-	pool *mbuf.Pool
-	mtu  atomic.Uint32 // set by the stack (SetMTU); 0: the interface's
+	ifp    *ifnet.Interface
+	pool   *mbuf.Pool
+	events *kevent.Bus   // nil: none
+	mtu    atomic.Uint32 // set by the stack (SetMTU); 0: the interface's
 	// linkAddr caches LinkAddress for the interface's current MAC.
 	linkAddr atomic.Pointer[linkAddr]
 

@@ -61,6 +61,7 @@ import (
 	"sync"
 
 	"github.com/nke-harness/nke/kernel/hook"
+	"github.com/nke-harness/nke/kernel/kevent"
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/mbuf"
 )
@@ -178,6 +179,11 @@ func New(report func(hook.Fault)) *Registry {
 	return &Registry{report: report, regs: hook.New[*filter]("socket filters", hook.LIFO, nil),
 		byHandle: map[uint32]*filter{}, byName: map[string]*filter{}, sockets: map[uint64]*Filters{}}
 }
+
+// SetEvents makes the registry publish its registrations and
+// unregistrations (the filters' attaches to each socket are not events:
+// there is one per socket).
+func (r *Registry) SetEvents(b *kevent.Bus) { r.regs.SetEvents(b) }
 
 // filter is a registered socket filter.
 type filter struct {

@@ -46,6 +46,7 @@ package ipfw
 
 import (
 	"encoding/binary"
+	"sync"
 	"sync/atomic"
 
 	"github.com/nke-harness/nke/nke"
@@ -55,7 +56,8 @@ import (
 // Firewall is the filter. Its callbacks may run on several goroutines at
 // once; Replace and Stats may be called from any goroutine.
 type Firewall struct {
-	set atomic.Pointer[ruleset]
+	set  atomic.Pointer[ruleset]
+	edit sync.Mutex // serialises Edit's read-modify-write
 }
 
 // RuleStats is one rule's counter.
@@ -484,4 +486,35 @@ func (p *packet) transport(rs *ruleset, m *mbuf.Mbuf, off int) {
 	p.sport = binary.BigEndian.Uint16(b[0:2])
 	p.dport = binary.BigEndian.Uint16(b[2:4])
 	p.hasPorts = true
+}
+
+// Edit changes the rule set in force: edit gets a copy of it and returns
+// the new one, or an error to change nothing. Edits are serialised; the
+// new set is swapped in at once (a burst is judged wholly by the old or
+// the new set). A rule the new set keeps keeps its hit count; the hits
+// the old set counts between the copy and the swap are lost.
+func (fw *Firewall) Edit(edit func(Rules) (Rules, error)) error {
+	fw.edit.Lock()
+	defer fw.edit.Unlock()
+	old := fw.set.Load()
+	next, err := edit(Rules{Default: old.src.Default, List: append([]Rule(nil), old.src.List...)})
+	if err != nil {
+		return err
+	}
+	rs := compile(next)
+	kept := make(map[Rule][]int, len(old.src.List)) // rule -> its indexes in old, in order
+	for j, o := range old.src.List {
+		kept[o] = append(kept[o], j)
+	}
+	for i, r := range rs.src.List {
+		if js := kept[r]; len(js) > 0 {
+			rs.hits[i].n.Store(old.hits[js[0]].n.Load())
+			kept[r] = js[1:]
+		}
+	}
+	if rs.src.Default == old.src.Default {
+		rs.hits[len(rs.src.List)].n.Store(old.hits[len(old.src.List)].n.Load())
+	}
+	fw.set.Store(rs)
+	return nil
 }
