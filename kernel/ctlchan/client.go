@@ -27,8 +27,8 @@ type Client struct {
 	pending map[uint32]*pending
 	// +checklocks:mu
 	err error // set once the reader stopped
-	// Garbage counts frames from the guest that did not decode.
-	garbage int
+	// +checklocks:mu
+	garbage int // frames from the guest that did not decode
 }
 
 // pending is one request's incoming frames: an unbounded queue, so that
@@ -38,7 +38,7 @@ type pending struct {
 	// +checklocks:mu
 	q []Frame
 	// +checklocks:mu
-	err error
+	err  error
 	wake chan struct{}
 }
 
@@ -105,6 +105,14 @@ func Dial(ctx context.Context, path string) (*Client, HelloReply, error) {
 	return c, h, nil
 }
 
+// Garbage is how many damaged frames or runs of garbage came from the
+// guest.
+func (c *Client) Garbage() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.garbage
+}
+
 // Close closes the connection; requests in flight fail with ErrLost.
 func (c *Client) Close() error {
 	err := c.rw.Close()
@@ -128,13 +136,14 @@ func (c *Client) read() {
 				}
 				continue
 			}
+			lost := fmt.Errorf("%w (%v)", ErrLost, err)
 			c.mu.Lock()
-			c.err = fmt.Errorf("%w (%v)", ErrLost, err)
+			c.err = lost
 			ps := c.pending
 			c.pending = map[uint32]*pending{}
 			c.mu.Unlock()
 			for _, p := range ps {
-				p.push(Frame{}, c.err)
+				p.push(Frame{}, lost)
 			}
 			return
 		}
@@ -436,9 +445,14 @@ func (k *CtlSession) Recv(ctx context.Context) ([]byte, error) {
 	return nil, err
 }
 
-// Close disconnects.
+// Close disconnects; Recv then returns io.EOF.
 func (k *CtlSession) Close() error {
 	defer k.c.close(k.id)
+	k.endMu.Lock()
+	if k.end == nil {
+		k.end = io.EOF
+	}
+	k.endMu.Unlock()
 	_, err := k.c.call(context.Background(), TypeCtlDisconnect, CtlOp{Conn: k.id}, nil, nil)
 	if errors.Is(err, ErrLost) || CodeOf(err) == CodeNotConn {
 		return nil // already gone

@@ -140,6 +140,7 @@ func (d *Decoder) Next() (Frame, error) {
 			case nil:
 			case errStalled:
 				d.off++
+				d.skipped++
 				d.resync()
 				return Frame{}, d.faulty(ErrTruncated, f)
 			default:
@@ -154,10 +155,18 @@ func (d *Decoder) Next() (Frame, error) {
 			}
 			d.resync()
 		case ErrVersion:
+			if e := d.garbage(); e != nil {
+				return Frame{}, e
+			}
 			d.off += n // the header is sound: skip the frame whole
+			d.skipped += n
 			return Frame{}, d.faulty(err, f)
 		default: // ErrTooLarge, ErrPayloadChecksum: look for a frame after the header's first byte
+			if e := d.garbage(); e != nil {
+				return Frame{}, e
+			}
 			d.off++
+			d.skipped++
 			d.resync()
 			return Frame{}, d.faulty(err, f)
 		}
@@ -196,8 +205,10 @@ func (d *Decoder) resync() {
 	d.off += i
 }
 
-// fill reads until the buffer holds need bytes from d.off; timed, it gives
-// up with errStalled when no byte arrives for the partial timeout.
+// fill reads the next chunk (Next decodes again after each: garbage is
+// seen before a header's worth of bytes came), making room for need
+// bytes from d.off; timed, it gives up with errStalled when no byte
+// arrives for the partial timeout.
 func (d *Decoder) fill(need int, timed bool) error {
 	if d.off > 0 {
 		n := copy(d.buf, d.buf[d.off:])
@@ -208,32 +219,28 @@ func (d *Decoder) fill(need int, timed bool) error {
 		copy(nb, d.buf)
 		d.buf = nb
 	}
-	for len(d.buf) < need {
-		var stall <-chan time.Time
-		if timed {
-			d.timer.Reset(d.timeout)
-			stall = d.timer.C
-		}
-		select {
-		case c, ok := <-d.data:
-			if timed {
-				d.timer.Stop()
-			}
-			if !ok {
-				return d.rerr
-			}
-			if len(d.buf)+len(c) > cap(d.buf) {
-				nb := make([]byte, len(d.buf), len(d.buf)+max(len(c), cap(d.buf)))
-				copy(nb, d.buf)
-				d.buf = nb
-			}
-			d.buf = append(d.buf, c...)
-			d.free <- c[:cap(c)]
-		case <-stall:
-			return errStalled
-		case <-d.done:
-			return ErrClosed
-		}
+	var stall <-chan time.Time
+	if timed {
+		d.timer.Reset(d.timeout)
+		defer d.timer.Stop()
+		stall = d.timer.C
 	}
-	return nil
+	select {
+	case c, ok := <-d.data:
+		if !ok {
+			return d.rerr
+		}
+		if len(d.buf)+len(c) > cap(d.buf) {
+			nb := make([]byte, len(d.buf), len(d.buf)+max(len(c), cap(d.buf)))
+			copy(nb, d.buf)
+			d.buf = nb
+		}
+		d.buf = append(d.buf, c...)
+		d.free <- c[:cap(c)]
+		return nil
+	case <-stall:
+		return errStalled
+	case <-d.done:
+		return ErrClosed
+	}
 }

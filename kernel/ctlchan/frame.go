@@ -138,3 +138,5 @@ func DecodeFrame(b []byte) (f Frame, n int, err error) {
 	f.Payload = p
 	return f, n, nil
 }
+
+func crcOf(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }

@@ -295,3 +295,18 @@ type CtlConn interface {
 	GetOpt(ctx context.Context, opt uint32, size int) ([]byte, error)
 	Close() error
 }
+
+// AppendMessage appends a payload of a JSON body (nil: none) and a blob.
+func AppendMessage(dst []byte, body any, blob []byte) ([]byte, error) {
+	return appendPayload(dst, body, blob)
+}
+
+// DecodeMessage decodes a payload's body into v and returns its blob.
+func DecodeMessage(p []byte, v any) ([]byte, error) { return decodeBody(p, v) }
+
+// DecodeError decodes a TypeError payload.
+func DecodeError(p []byte) (ErrorBody, error) {
+	var e ErrorBody
+	_, err := decodeBody(p, &e)
+	return e, err
+}

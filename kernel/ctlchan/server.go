@@ -383,6 +383,10 @@ func (s *server) ctlDo(ctx context.Context, conn CtlConn, o ctlOp, cl *call) {
 			s.writeErr(o.session, o.request, o.typ.String(), CodeFailed, fmt.Sprintf("internal error in the guest (a panic, logged on its console): %v", r))
 		}
 	}()
+	if ctx.Err() != nil {
+		s.writeErr(o.session, o.request, o.typ.String(), CodeNotConn, fmt.Sprintf("control connection %d has closed", o.op.Conn))
+		return
+	}
 	var err error
 	var out []byte
 	switch o.typ {

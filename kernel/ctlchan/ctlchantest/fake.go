@@ -449,3 +449,33 @@ type Panicky struct{ *Fake }
 
 // Stat panics.
 func (Panicky) Stat(context.Context) (ctlchan.Stat, error) { panic(ErrPanic) }
+
+// InfoPlist is a minimal Info.plist for a bundle.
+func InfoPlist(id, version string, libs map[string]string) []byte {
+	m := Manifest{ID: id, Version: version, Libraries: libs}
+	b, err := plist.MarshalIndent(m, plist.XMLFormat, "\t")
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// Archive is a bundle archive (tar of NAME.nke/Contents/Info.plist and
+// pad bytes of Contents/Resources/pad) of the bundle id.
+func Archive(id, version string, libs map[string]string, pad int) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	name := id[strings.LastIndex(id, ".")+1:] + ".nke/"
+	for _, file := range []struct {
+		name string
+		data []byte
+	}{
+		{name + "Contents/Info.plist", InfoPlist(id, version, libs)},
+		{name + "Contents/Resources/pad", make([]byte, pad)},
+	} {
+		tw.WriteHeader(&tar.Header{Name: file.name, Mode: 0o644, Size: int64(len(file.data)), Typeflag: tar.TypeReg})
+		tw.Write(file.data)
+	}
+	tw.Close()
+	return buf.Bytes()
+}
