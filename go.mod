@@ -12,6 +12,7 @@ require (
 	golang.org/x/net v0.55.0
 	golang.org/x/sys v0.50.0
 	gvisor.dev/gvisor v0.0.0-20260905035102-160fafc42237
+	howett.net/plist v1.0.1
 )
 
 require (
