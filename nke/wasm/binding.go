@@ -44,10 +44,14 @@ type Binding struct {
 	ip      nke.IPHook
 	self    atomic.Pointer[nke.Attachment]
 	selfID  atomic.Uint64
+	selfFn  func() nke.Attachment
+	anyFam  bool // LayerIP with family 0: the hook from the packets
 }
 
 // Bind binds the instance to a layer: fam is the IP family for LayerIP
-// (ignored otherwise), burst selects the burst form of the callbacks.
+// (ignored otherwise; 0 takes it from each burst's first packet, for a
+// value attached to either family), burst selects the burst form of the
+// callbacks.
 func (i *Instance) Bind(l Layer, fam nke.IPFamily, burst bool) *Binding {
 	b := &Binding{inst: i, layer: l, burst: burst}
 	switch l {
@@ -57,6 +61,7 @@ func (i *Instance) Bind(l Layer, fam nke.IPFamily, burst bool) *Binding {
 		b.hookIn, b.hookOut = abi.HookIfIn, abi.HookIfOut
 	case LayerIP:
 		b.hookIn, b.hookOut = abi.HookIP4In, abi.HookIP4Out
+		b.anyFam = fam == 0
 		if fam == nke.IPv6 {
 			b.hookIn, b.hookOut = abi.HookIP6In, abi.HookIP6Out
 		}
@@ -82,10 +87,30 @@ func (b *Binding) SetAttachment(a nke.Attachment) {
 	b.selfID.Store(a.ID())
 }
 
+// WithSelf gives the binding a function returning its attachment once
+// attached, for callers that attach it themselves and cannot call
+// SetAttachment before the first packet. It returns b.
+func (b *Binding) WithSelf(self func() nke.Attachment) *Binding { b.selfFn = self; return b }
+
+// id returns the attachment's id, asking selfFn the first time.
+func (b *Binding) id() uint64 {
+	if id := b.selfID.Load(); id != 0 || b.selfFn == nil {
+		return id
+	}
+	if a := b.selfFn(); a != nil {
+		b.SetAttachment(a)
+		return a.ID()
+	}
+	return 0
+}
+
 // Attachment is the binding's attachment, nil before SetAttachment.
 func (b *Binding) Attachment() nke.Attachment {
 	if p := b.self.Load(); p != nil {
 		return *p
+	}
+	if b.id() != 0 {
+		return *b.self.Load()
 	}
 	return nil
 }
@@ -132,6 +157,11 @@ func (b *Binding) pool() *mbuf.Pool {
 // descriptor fields (nil: from ether, or 0). A fault panics with the
 // *Fault, after the lock is released, for the hook to handle.
 func (b *Binding) run(hook int, pkts []*mbuf.Mbuf, offsets []int, protos []uint8, ether uint16, frames [][]byte, frame1 []byte, verdicts []nke.Verdict) {
+	if b.anyFam && len(pkts) > 0 {
+		if d := pkts[0].Bytes(); len(d) > 0 && d[0]>>4 == 6 {
+			hook += abi.HookIP6In - abi.HookIP4In
+		}
+	}
 	i := b.inst
 	var inj [maxPending]*mbuf.Mbuf
 	var injW [maxPending]uint8
@@ -140,7 +170,7 @@ func (b *Binding) run(hook int, pkts []*mbuf.Mbuf, offsets []int, protos []uint8
 		i.mu.Unlock()
 		panic(f)
 	}
-	self := b.selfID.Load()
+	self := b.id()
 	dataEnd := int(i.bufSize)
 	for k := 0; k < len(pkts); {
 		mem := i.memory()
