@@ -195,7 +195,9 @@ func (b *Binding) run(hook int, pkts []*mbuf.Mbuf, offsets []int, protos []uint8
 			m.CopyOut(buf[data : data+cl])
 			d := buf[n*abi.DescSize : (n+1)*abi.DescSize]
 			var flags uint8
-			if p, ok := nke.InjectedBy(m); ok {
+			if m.Tags() == 0 {
+				// No tag, no provenance: skip the lookup.
+			} else if p, ok := nke.InjectedBy(m); ok {
 				flags |= abi.FlagInjected
 				if self != 0 && p.Injector == self {
 					flags |= abi.FlagMine

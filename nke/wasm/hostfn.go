@@ -17,8 +17,12 @@ import (
 // records an ErrHostArg (the instance faults when the call returns) and
 // aborts the call; it never reaches a slice expression unchecked.
 
-// maxLogLen bounds one log line.
-const maxLogLen = 4096
+// maxLogLen bounds one log line; maxTagIDs the tag_id calls of an
+// instance.
+const (
+	maxLogLen = 4096
+	maxTagIDs = 16
+)
 
 // span checks the region [ptr, ptr+n) of a memory of size bytes; end is
 // its end. The arithmetic is 64-bit, so ptr+n cannot wrap.
@@ -89,10 +93,16 @@ func (i *Instance) hTagID(mem []byte, ptr, n uint32) (int32, error) {
 	if err != nil {
 		return 0, err
 	}
+	// Tag ids are global and never freed: an instance may name at most
+	// maxTagIDs, so one module cannot use up the table for the others.
+	if i.tagIDs >= maxTagIDs {
+		return abi.ErrTagName, nil
+	}
 	id, err := mbuf.TagID(string(b))
 	if err != nil || int32(id) <= 0 {
 		return abi.ErrTagName, nil
 	}
+	i.tagIDs++
 	return int32(id), nil
 }
 

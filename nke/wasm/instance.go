@@ -166,6 +166,8 @@ type Instance struct {
 	argErr error
 	// +checklocks:mu
 	stopped bool
+	// +checklocks:mu
+	tagIDs int
 }
 
 // burst is the state of the call in progress, for the host functions.

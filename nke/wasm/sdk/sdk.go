@@ -245,15 +245,18 @@ func doFilter(hook, n int32) int32 {
 		if uint64(off)+uint64(cl) > uint64(len(buffer)) {
 			return 2
 		}
-		packets[i] = Packet{Data: buffer[off : off+cl : off+cl], Len: int(le32(d[abi.DescPktLen:])),
-			Aux: uint16(d[abi.DescAux]) | uint16(d[abi.DescAux+1])<<8, Proto: d[abi.DescProto],
-			Flags: d[abi.DescFlags], idx: uint32(i), desc: d}
+		// Field by field: a struct assignment compiles to memory.copy,
+		// a call out of the module under wazero.
+		p := &packets[i]
+		p.Data = buffer[off : off+cl : off+cl]
+		p.Len = int(le32(d[abi.DescPktLen:]))
+		p.Aux = uint16(d[abi.DescAux]) | uint16(d[abi.DescAux+1])<<8
+		p.Proto, p.Flags, p.idx, p.desc = d[abi.DescProto], d[abi.DescFlags], uint32(i), d
 		verdicts[i] = Continue
 	}
 	nke.Filter(Hook(hook), packets[:n], verdicts[:n])
 	for i := int32(0); i < n; i++ {
 		buffer[i*abi.DescSize+abi.DescVerdict] = byte(verdicts[i])
-		packets[i] = Packet{}
 	}
 	return 0
 }
