@@ -150,12 +150,15 @@ type Instance struct {
 	started atomic.Int64 // monotonic ns of the running call's start, 0 idle
 	runaway atomic.Bool
 	fault   atomic.Pointer[Fault]
-	once    sync.Once
 
 	counters [abi.MaxCounters]atomic.Uint64
 
-	calls, packets, injected, injectErrs, callNanos atomic.Uint64
-	verdicts                                        [nke.NumVerdicts]atomic.Uint64
+	calls      atomic.Uint64
+	packets    atomic.Uint64
+	injected   atomic.Uint64
+	injectErrs atomic.Uint64
+	callNanos  atomic.Uint64
+	verdicts   [nke.NumVerdicts]atomic.Uint64
 
 	mu sync.Mutex
 	// +checklocks:mu
