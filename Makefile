@@ -15,7 +15,7 @@ VMTESTFLAGS ?=
 # Packages with goroutines sharing memory: their tests also run under -race.
 RACE  := ./nke/mbuf/... ./nke/examples/... ./nke/builtin/... ./kernel/hook/... ./kernel/ifnet/... ./kernel/netstack/... ./kernel/capture/... ./kernel/kerneltest/... ./kernel/services/... ./kernel/socket/... ./kernel/sockfilter/... ./virtio/...
 
-.PHONY: run test unit lockcheck vmtest bench image kernel clean clean-cache $(NKEVM)
+.PHONY: wasm run test unit lockcheck vmtest bench image kernel clean clean-cache $(NKEVM)
 
 # Built, not go run: Ctrl-C then ends make quietly with nkevm's own status.
 # No VCS stamp: in another user's checkout git refuses to report it, and
@@ -44,6 +44,15 @@ unit: $(NKEVM) lockcheck
 # annotated +checklocks are only touched with their lock held, functions
 # annotated so only called with it. Inference is off: it suggests
 # annotations for immutable fields and sentinel errors read under a lock.
+# The wasm NKE examples, built with the standard toolchain into out/wasm/.
+WASM_EXAMPLES = nke/wasm/examples/wasmfw nke/wasm/examples/trap nke/wasm/examples/loop
+wasm:
+	@mkdir -p out/wasm
+	@for p in $(WASM_EXAMPLES); do \
+		GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -o out/wasm/$$(basename $$p).wasm ./$$p || exit 1; \
+	done
+	@ls -l out/wasm
+
 lockcheck:
 	$(GO) vet -vettool=$$($(GO) tool -n checklocks) -inferred=false ./...
 

@@ -44,7 +44,7 @@ var layers = []struct {
 // testSupport are packages for tests only: a package outside this list
 // that depends on one of them is refused, wherever its layer would allow
 // it. They may use each other (the rig speaks in frametest's frames).
-var testSupport = []string{"nke/frametest", "nke/mbuf/mbuftest", "nke/nketest", "kernel/kerneltest", "kernel/ctlchan/ctlchantest"}
+var testSupport = []string{"nke/frametest", "nke/mbuf/mbuftest", "nke/nketest", "nke/wasm/wasmtest", "kernel/kerneltest", "kernel/ctlchan/ctlchantest"}
 
 // allowed reports whether the package p (in a layer with rules may) may
 // depend on dp.
