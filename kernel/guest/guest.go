@@ -189,6 +189,8 @@ type Guest struct {
 	// endpoints NKEs register.
 	events *kevent.Bus
 	ctl    *kctl.Registry
+	// capture is the live captures nkectl runs.
+	capture capturing
 }
 
 // Events is the kernel event stream (`nkectl events`): the loader
