@@ -39,8 +39,9 @@ var (
 	// dependencies form a cycle.
 	ErrDependency = errors.New("loader: unresolved dependency")
 	// ErrInUse: unload refused while dependants are loaded or control
-	// clients are connected; it wraps nke.ErrBusy (EBUSY).
-	ErrInUse = fmt.Errorf("loader: in use (%w)", nke.ErrBusy)
+	// clients are connected; errors.Is(err, nke.ErrBusy) holds too
+	// (EBUSY).
+	ErrInUse error = inUseError{}
 	// ErrStart: the NKE's start routine failed or panicked; nothing of
 	// it stays attached.
 	ErrStart = errors.New("loader: start failed")
@@ -64,6 +65,13 @@ var DefaultKPIs = map[string]string{
 	bundle.KPIPrefix + "control": "1.0",
 	bundle.KPIPrefix + "wasm":    "1.0",
 }
+
+type inUseError struct{}
+
+func (inUseError) Error() string { return "loader: the bundle is in use (EBUSY)" }
+
+// Is makes an ErrInUse an nke.ErrBusy too.
+func (inUseError) Is(target error) bool { return target == nke.ErrBusy }
 
 // DefaultDrainTimeout bounds the wait for in-flight calls at unload when
 // Config.DrainTimeout is zero.
