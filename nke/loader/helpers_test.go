@@ -17,7 +17,7 @@ import (
 // rig is a loader on nketest fakes: an IP hook, a socket hook, control
 // endpoints, and built-in modules a test registers.
 type rig struct {
-	t        *testing.T
+	t        testing.TB
 	ip       *nketest.IPHook
 	sockets  *nketest.SocketHook
 	controls *nketest.Controls
@@ -33,7 +33,7 @@ type rig struct {
 	clients map[string][]*nketest.ControlClient
 }
 
-func newRig(t *testing.T, drain time.Duration) *rig {
+func newRig(t testing.TB, drain time.Duration) *rig {
 	r := &rig{t: t, ip: &nketest.IPHook{}, sockets: &nketest.SocketHook{}, controls: &nketest.Controls{},
 		modules: map[string]nke.Module{}, clients: map[string][]*nketest.ControlClient{}}
 	r.kernel = &nketest.Kernel{IPHook: r.ip, SocketHook: r.sockets, Controls: r.controls}

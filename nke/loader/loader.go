@@ -706,6 +706,9 @@ func (l *Loader) unload(ctx context.Context, id string, force bool) (*UnloadResu
 		return nil, err
 	}
 	for _, d := range deps {
+		if l.find(d.id()) != d {
+			continue // unloaded already, as a dependant of another
+		}
 		r, err := l.unload(ctx, d.id(), true)
 		if err != nil {
 			return nil, fmt.Errorf("unload %s: its dependant: %w", id, err)
