@@ -87,8 +87,8 @@ type Config struct {
 	// bundles.
 	Builtin func(name string) (nke.Module, error)
 	// WebAssembly makes a module of a bundle's WebAssembly file
-	// (NKEHarness.WebAssembly, under Contents/WebAssembly/); nil refuses
-	// WebAssembly bundles.
+	// (NKEHarness.WebAssembly, under Contents/WebAssembly/):
+	// wasmbundle.Loader(wasm.Config{}). nil refuses WebAssembly bundles.
 	WebAssembly func(b *bundle.Bundle, file string) (nke.Module, error)
 	// KPIs are the KPI ids offered and their versions; nil is
 	// DefaultKPIs. A KPI satisfies a bundle asking for version v if it
@@ -96,7 +96,9 @@ type Config struct {
 	KPIs map[string]string
 	// Events, if set, is told of loads, unloads, replaces, failures and
 	// capability refusals: kind is "load", "unload", "replace",
-	// "load-failed", "unload-failed" or "refused".
+	// "load-failed", "unload-failed" or "refused". A refusal is reported
+	// from the data path (once per NKE and capability), so Events must
+	// not block.
 	Events func(kind, id, msg string)
 	// ControlClients, if set, names the control clients connected to
 	// the endpoints of owner (a bundle id): unload is refused while
