@@ -12,10 +12,13 @@ import (
 
 	"github.com/nke-harness/nke/kernel/capture"
 	"github.com/nke-harness/nke/kernel/ctlchan"
+	"github.com/nke-harness/nke/kernel/hook"
 	"github.com/nke-harness/nke/kernel/ifnet"
 	"github.com/nke-harness/nke/kernel/kctl"
 	"github.com/nke-harness/nke/kernel/kevent"
 	"github.com/nke-harness/nke/nke"
+	"github.com/nke-harness/nke/nke/bundle"
+	"github.com/nke-harness/nke/nke/loader"
 )
 
 // capturing is the guest's live captures: one Tee on every hook while
@@ -255,4 +258,193 @@ func (g *Guest) ipFilterNames(family string) []string {
 		}
 	}
 	return out
+}
+
+// backend is what the control channel serves: the loader, kernel
+// control, the event bus and captures.
+type backend struct{ g *Guest }
+
+var _ ctlchan.Backend = backend{}
+
+// Backend is the guest's control-channel backend (nkectl's peer).
+func (g *Guest) Backend() ctlchan.Backend { return backend{g} }
+
+// loaderError classifies the loader's and the bundle's errors for the
+// wire.
+func loaderError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var me *bundle.ManifestError
+	switch {
+	case errors.As(err, &me), errors.Is(err, bundle.ErrNoWebAssembly):
+		return coded(ctlchan.CodeInvalid, err)
+	case errors.Is(err, loader.ErrExists):
+		return coded(ctlchan.CodeExists, err)
+	case errors.Is(err, loader.ErrNotLoaded):
+		return coded(ctlchan.CodeNotFound, err)
+	case errors.Is(err, loader.ErrDependency), errors.Is(err, loader.ErrReplace):
+		return coded(ctlchan.CodeInvalid, err)
+	case errors.Is(err, loader.ErrInUse), errors.Is(err, nke.ErrBusy):
+		return coded(ctlchan.CodeBusy, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return coded(ctlchan.CodeTimeout, err)
+	}
+	return wireError(err)
+}
+
+// unpack reads a shipped bundle archive.
+func unpack(name string, archive []byte) (*bundle.Bundle, error) {
+	b, err := bundle.Unpack(archive)
+	if err != nil {
+		var me *bundle.ManifestError
+		if errors.As(err, &me) {
+			return nil, coded(ctlchan.CodeInvalid, err)
+		}
+		return nil, codedf(ctlchan.CodeInvalid, "%s: not a bundle archive: %w", name, err)
+	}
+	return b, nil
+}
+
+func (g *Guest) row(id string) (loader.Row, bool) {
+	for _, r := range g.loader.Stat() {
+		if r.ID == id {
+			return r, true
+		}
+	}
+	return loader.Row{}, false
+}
+
+func (b backend) Load(ctx context.Context, req ctlchan.LoadRequest) (ctlchan.LoadReply, error) {
+	bu, err := unpack(req.Name, req.Archive)
+	if err != nil {
+		return ctlchan.LoadReply{}, err
+	}
+	m := bu.Manifest
+	if r, ok := b.g.row(m.ID); ok && req.Dependency {
+		// A dependency already loaded at this version or a later one
+		// serves; an older one would have to be replaced first.
+		if c, err := bundle.CompareVersions(r.Version, m.Version); err == nil && c >= 0 {
+			return ctlchan.LoadReply{ID: r.ID, Version: r.Version, Index: r.Index, Already: true}, nil
+		}
+		return ctlchan.LoadReply{}, codedf(ctlchan.CodeExists, "dependency %s: version %s is loaded, %s was shipped: replace it (nkectl replace) or unload it first", m.ID, r.Version, m.Version)
+	}
+	if err := b.g.loader.Load(ctx, bu, loader.Options{}); err != nil {
+		return ctlchan.LoadReply{}, loaderError(err)
+	}
+	r, _ := b.g.row(m.ID)
+	return ctlchan.LoadReply{ID: m.ID, Version: m.Version, Index: r.Index}, nil
+}
+
+func (b backend) Unload(ctx context.Context, req ctlchan.UnloadRequest) (ctlchan.UnloadReply, error) {
+	res, err := b.g.loader.Unload(ctx, req.ID, req.Force)
+	if err != nil {
+		return ctlchan.UnloadReply{}, loaderError(err)
+	}
+	return ctlchan.UnloadReply{ID: res.ID, Drain: res.Drain, Forced: req.Force,
+		Detached: append(append([]string(nil), res.Dependants...), res.Disconnected...)}, nil
+}
+
+func (b backend) Replace(ctx context.Context, req ctlchan.ReplaceRequest) (ctlchan.ReplaceReply, error) {
+	bu, err := unpack(req.Name, req.Archive)
+	if err != nil {
+		return ctlchan.ReplaceReply{}, err
+	}
+	res, err := b.g.loader.Replace(ctx, bu, req.Handover)
+	if err != nil {
+		return ctlchan.ReplaceReply{}, loaderError(err)
+	}
+	return ctlchan.ReplaceReply{ID: res.ID, OldVersion: res.OldVersion, NewVersion: res.Version,
+		HandedOver: req.Handover, Swap: res.Swap}, nil
+}
+
+// Stat is the loader's table with each NKE's counters summed over its
+// filters at every hook, and every hook's chain in the order packets
+// meet it.
+func (b backend) Stat(context.Context) (ctlchan.Stat, error) {
+	g := b.g
+	counters := map[string][]hook.Counters{} // filter name -> its entries' counters
+	var chains []ctlchan.Chain
+	add := func(hookName, name string, c hook.Counters) {
+		counters[name] = append(counters[name], c)
+		if n := len(chains); n == 0 || chains[n-1].Hook != hookName {
+			chains = append(chains, ctlchan.Chain{Hook: hookName})
+		}
+		ch := &chains[len(chains)-1]
+		ch.Filters = append(ch.Filters, name)
+	}
+	ifn := g.ifp.Name()
+	for _, f := range g.ifp.RawHooks() {
+		add(ifn+" raw", f.Name, f.Counters)
+	}
+	for _, f := range g.ifp.Filters() {
+		add(ifn+" filters", f.Name, f.Counters)
+	}
+	for _, p := range g.ifp.Protocols() {
+		add(ifn+" protocols", p.Name, p.Counters)
+	}
+	for _, fam := range []nke.IPFamily{nke.IPv4, nke.IPv6} {
+		for _, f := range g.st.IPFilters() {
+			if f.Family == fam.String() {
+				add(fam.String()+" filters", f.Name, f.Counters)
+			}
+		}
+	}
+	if g.sockets != nil {
+		for _, f := range g.sockets.Filters() {
+			add("socket filters", f.Name, f.Counters)
+		}
+	}
+	// Every hook is listed, empty ones too, so scripts see them all.
+	all := []string{ifn + " raw", ifn + " filters", ifn + " protocols", "inet filters", "inet6 filters", "socket filters"}
+	byHook := map[string]ctlchan.Chain{}
+	for _, c := range chains {
+		byHook[c.Hook] = c
+	}
+	st := ctlchan.Stat{}
+	for _, h := range all {
+		c := byHook[h]
+		c.Hook = h
+		if c.Filters == nil {
+			c.Filters = []string{}
+		}
+		st.Chains = append(st.Chains, c)
+	}
+	for _, r := range g.loader.Stat() {
+		n := ctlchan.NKEStat{Index: r.Index, Refs: r.Refs, ID: r.ID, Version: r.Version, Kind: r.Kind, Layer: r.Layer,
+			Attachment: r.Attachment, Order: r.Order, Depends: r.Depends}
+		var ns, sampled float64
+		for _, f := range r.Filters {
+			for _, c := range counters[f] {
+				n.Counters.Packets += c.Packets
+				n.Counters.Bytes += c.Bytes
+				n.Counters.Continue += c.Continue
+				n.Counters.Swallow += c.Swallow
+				n.Counters.Drop += c.Drop
+				n.Counters.Faults += c.Faults
+				if c.NsPerPacket > 0 {
+					ns += c.NsPerPacket * float64(c.Packets)
+					sampled += float64(c.Packets)
+				}
+			}
+		}
+		if sampled > 0 {
+			n.Counters.NsPerPacket = ns / sampled
+		}
+		n.Counters.Refused = r.Refused
+		st.NKEs = append(st.NKEs, n)
+	}
+	return st, nil
+}
+
+func (b backend) CtlConnect(ctx context.Context, req ctlchan.CtlConnectRequest) (ctlchan.CtlConn, ctlchan.CtlConnectReply, error) {
+	return b.g.ctlConnect(ctx, req)
+}
+
+func (b backend) Events(ctx context.Context, send func(ctlchan.Event) error) error {
+	return b.g.ctlEvents(ctx, send)
+}
+
+func (b backend) Capture(ctx context.Context, req ctlchan.CaptureRequest, w io.Writer) error {
+	return b.g.ctlCapture(ctx, req, w)
 }
