@@ -72,7 +72,7 @@ func (g *Guest) newLoader(logf func(string, ...any)) (*loader.Loader, error) {
 			return &kernel{g: g, name: owner, owner: owner, logf: logf}
 		},
 		Builtin:     g.builtin,
-		WebAssembly: wasmbundle.Loader(wasm.Config{}),
+		WebAssembly: wasmbundle.LoaderWithFaults(wasm.Config{}, g.wasmFault),
 		Events: func(kind, id, msg string) {
 			k, ok := loaderEvents[kind]
 			if !ok {
@@ -93,6 +93,20 @@ func (g *Guest) newLoader(logf func(string, ...any)) (*loader.Loader, error) {
 		},
 		Logf: logf,
 	})
+}
+
+// wasmFault reports a WebAssembly NKE that trapped, ran away or misused
+// the ABI (its filters are detached already: traffic goes on without it)
+// and unloads its bundle, off the data path.
+func (g *Guest) wasmFault(id string, f *wasm.Fault) {
+	g.events.Publish(kevent.Event{Kind: kevent.Fault, NKE: id, Detail: f.Error() + " (unloading it)"})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := g.loader.Unload(ctx, id, true); err != nil && !errors.Is(err, loader.ErrNotLoaded) {
+			initproc.Logf("%s faulted, and its unload failed: %v", id, err)
+		}
+	}()
 }
 
 // findBundle returns the bundle name names: a folder name
