@@ -39,7 +39,7 @@ nkectl: 100 packets (9372 bytes of pcapng) written to in.pcapng`,
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&before, "before", "", "only the point before the NKE `ID`")
 			fs.StringVar(&after, "after", "", "only the point after the NKE `ID`")
-			fs.IntVar(&count, "count", 0, "end after N packets (0: until Ctrl-C)")
+			fs.IntVar(&count, "count", 0, "end after `N` packets (0: until Ctrl-C)")
 			fs.StringVar(&file, "write", "", "write the pcapng stream to `FILE` (-: stdout)")
 			fs.StringVar(&file, "w", "", "write the pcapng stream to `FILE` (-: stdout)")
 		},

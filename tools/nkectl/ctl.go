@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -64,9 +65,9 @@ rule 2: allow udp
 			f = ctlFlags{}
 			fs.UintVar(&f.unit, "unit", 0, "connect to unit `N` (0: the endpoint picks one)")
 			fs.BoolVar(&f.hex, "hex", false, "print data (and read setopt's VALUE) in hex")
-			fs.IntVar(&f.count, "count", -1, "recv: messages to print (default 1; 0: until closed); send: stop after N replies")
-			fs.DurationVar(&f.wait, "wait", 250*time.Millisecond, "send and interactive: how long the NKE may stay quiet before nkectl stops reading replies")
-			fs.IntVar(&f.size, "size", 4096, "getopt: the most bytes to read")
+			fs.IntVar(&f.count, "count", -1, "recv: print `N` messages (default 1; 0: until closed); send: stop after N replies")
+			fs.DurationVar(&f.wait, "wait", 250*time.Millisecond, "send and interactive: stop reading replies once the NKE was quiet for `D`")
+			fs.IntVar(&f.size, "size", 4096, "getopt: read at most `N` bytes")
 		},
 		run: func(c *cli, args []string) error { return c.ctl(args[0], args[1:], f) },
 	}
@@ -163,8 +164,10 @@ func (c *cli) ctl(name string, args []string, f ctlFlags) error {
 		if f.count == 0 || f.wait <= 0 {
 			return nil
 		}
-		_, err := c.ctlReplies(c.ctx, sess, f)
-		return c.requestErr(op, err)
+		if _, err := c.ctlReplies(c.ctx, sess, f); err != io.EOF {
+			return c.requestErr(op, err)
+		}
+		return nil
 	case "recv":
 		count := f.count
 		if count < 0 {
@@ -223,6 +226,7 @@ func (c *cli) ctl(name string, args []string, f ctlFlags) error {
 
 // ctlReplies prints what the NKE sends until it is quiet for f.wait or
 // f.count messages came.
+// It returns io.EOF if the NKE closed the connection.
 func (c *cli) ctlReplies(ctx context.Context, sess *ctlchan.CtlSession, f ctlFlags) (int, error) {
 	n := 0
 	for f.count < 0 || n < f.count {
@@ -230,7 +234,10 @@ func (c *cli) ctlReplies(ctx context.Context, sess *ctlchan.CtlSession, f ctlFla
 		b, err := sess.Recv(qctx)
 		cancel()
 		if err != nil {
-			if errors.Is(err, io.EOF) || ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			if errors.Is(err, io.EOF) {
+				return n, io.EOF
+			}
+			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 				return n, nil
 			}
 			if ctx.Err() != nil {
@@ -247,7 +254,10 @@ func (c *cli) ctlReplies(ctx context.Context, sess *ctlchan.CtlSession, f ctlFla
 }
 
 func (c *cli) ctlInteractive(sess *ctlchan.CtlSession, name string, f ctlFlags) error {
-	fmt.Fprintf(c.stderr, "nkectl: connected to %s unit %d: each line is sent, end with Ctrl-D\n", sess.Reply.Name, sess.Reply.Unit)
+	// The sender reports on stderr, until this returns.
+	stderr := &gatedWriter{w: c.stderr}
+	defer stderr.close()
+	fmt.Fprintf(stderr, "nkectl: connected to %s unit %d: each line is sent, end with Ctrl-D\n", sess.Reply.Name, sess.Reply.Unit)
 	ctx, cancel := c.streamCtx()
 	defer cancel()
 	sending, stopSending := context.WithCancel(ctx)
@@ -272,7 +282,7 @@ func (c *cli) ctlInteractive(sess *ctlchan.CtlSession, name string, f ctlFlags) 
 			sent.Add(1)
 			if err != nil {
 				failed.Add(1)
-				fmt.Fprintf(c.stderr, "nkectl: send %q: %v\n", line, c.requestErr("ctl "+name+" send", err))
+				fmt.Fprintf(stderr, "nkectl: send %q: %v\n", line, c.requestErr("ctl "+name+" send", err))
 				if exitCode(c.requestErr("", err)) == exitUnreachable {
 					senderDone <- c.requestErr("ctl "+name+" send", err)
 					return
@@ -290,7 +300,7 @@ func (c *cli) ctlInteractive(sess *ctlchan.CtlSession, name string, f ctlFlags) 
 			continue
 		}
 		if errors.Is(err, io.EOF) {
-			fmt.Fprintf(c.stderr, "nkectl: %s closed the connection\n", name)
+			fmt.Fprintf(stderr, "nkectl: %s closed the connection\n", name)
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -302,7 +312,9 @@ func (c *cli) ctlInteractive(sess *ctlchan.CtlSession, name string, f ctlFlags) 
 		break // stdin ended: the last replies
 	}
 	serr := <-senderDone
-	if _, err := c.ctlReplies(ctx, sess, ctlFlags{hex: f.hex, count: -1, wait: f.wait}); err != nil {
+	if _, err := c.ctlReplies(ctx, sess, ctlFlags{hex: f.hex, count: -1, wait: f.wait}); err == io.EOF {
+		fmt.Fprintf(stderr, "nkectl: %s closed the connection\n", name)
+	} else if err != nil {
 		return c.requestErr("ctl "+name, err)
 	}
 	if serr != nil {
@@ -345,4 +357,27 @@ func (c *cli) printCtl(b []byte, hexOut bool) error {
 	}
 	_, err := c.stdout.Write(b)
 	return err
+}
+
+// gatedWriter passes writes on, one at a time, until closed.
+type gatedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+	// +checklocks:mu
+	closed bool
+}
+
+func (g *gatedWriter) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return len(p), nil
+	}
+	return g.w.Write(p)
+}
+
+func (g *gatedWriter) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
 }

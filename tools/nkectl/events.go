@@ -31,7 +31,7 @@ $ nkectl events --count 2
 2026-12-02T09:00:01.250Z  fault         com.example.fw  panic in filter  hook=vtnet0_filters`,
 		flags: func(fs *flag.FlagSet) {
 			kinds = nil
-			fs.IntVar(&count, "count", 0, "end after N events (0: until Ctrl-C)")
+			fs.IntVar(&count, "count", 0, "end after `N` events (0: until Ctrl-C)")
 			fs.Var(&kinds, "kind", "only events of kind `K` (repeatable)")
 		},
 		run: func(c *cli, args []string) error { return c.events(count, kinds) },

@@ -166,10 +166,10 @@ func (c *cli) usage(w io.Writer) {
 // globals defines the global flags on fs, with their current values as
 // defaults (so that flags given before the command stay).
 func (c *cli) globals(fs *flag.FlagSet) {
-	fs.StringVar(&c.socket, "socket", c.socket, "the VM's control socket `PATH`")
-	fs.StringVar(&c.socket, "s", c.socket, "the VM's control socket `PATH`")
-	fs.BoolVar(&c.json, "json", c.json, "machine-readable output")
-	fs.DurationVar(&c.timeout, "timeout", c.timeout, "bound on connecting and on each request (`D`); 0: none")
+	fs.StringVar(&c.socket, "socket", c.socket, "`PATH` of the VM's control socket")
+	fs.StringVar(&c.socket, "s", c.socket, "`PATH` of the VM's control socket")
+	fs.BoolVar(&c.json, "json", c.json, "machine-readable output (JSON; streams: one object a line)")
+	fs.DurationVar(&c.timeout, "timeout", c.timeout, "wait at most `D` (e.g. 5s) to connect and for each request; 0: no bound; given, it bounds streams too")
 }
 
 func (c *cli) main(args []string) error {
@@ -418,7 +418,7 @@ func (c *cli) requestErr(op string, err error) error {
 // streamEnd is a stream's result: nil after Ctrl-C, a timeout error
 // after --timeout ran out.
 func (c *cli) streamEnd(op string, ctx context.Context, err error) error {
-	if err == nil && c.ctx.Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	if (err == nil || errors.Is(err, context.DeadlineExceeded)) && c.ctx.Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return unreachable(fmt.Errorf("%s: --timeout %v ran out", op, c.timeout))
 	}
 	if err != nil && c.ctx.Err() != nil && errors.Is(err, context.Canceled) {

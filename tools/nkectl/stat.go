@@ -108,9 +108,9 @@ $ nkectl ping --count 2
 32 bytes from nke-harness guest (protocol 1): seq=1 time=0.21ms
 32 bytes from nke-harness guest (protocol 1): seq=2 time=0.09ms`,
 		flags: func(fs *flag.FlagSet) {
-			fs.IntVar(&count, "count", 1, "round trips")
-			fs.IntVar(&size, "size", 32, "bytes in each")
-			fs.DurationVar(&interval, "interval", 0, "wait between round trips")
+			fs.IntVar(&count, "count", 1, "`N` round trips")
+			fs.IntVar(&size, "size", 32, "`BYTES` in each")
+			fs.DurationVar(&interval, "interval", 0, "wait `D` between round trips")
 		},
 		run: func(c *cli, args []string) error { return c.ping(count, size, interval) },
 	}
