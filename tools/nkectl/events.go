@@ -28,7 +28,7 @@ it cleanly (exit 0).`,
 		example: `
 $ nkectl events --count 2
 2026-12-02T09:00:00.000Z  nke-loaded    com.example.fw  loaded com.example.fw 2.1
-2026-12-02T09:00:01.250Z  fault         com.example.fw  panic in filter  hook=vtnet0_filters`,
+2026-12-02T09:00:01.250Z  fault         com.example.fw  panic in filter  hook="vtnet0 filters"`,
 		flags: func(fs *flag.FlagSet) {
 			kinds = nil
 			fs.IntVar(&count, "count", 0, "end after `N` events (0: until Ctrl-C)")

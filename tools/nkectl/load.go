@@ -274,7 +274,7 @@ connected to it, the guest refuses with EBUSY (exit 4): unload those
 first, close the clients, or pass --force, which detaches them.`,
 		example: `
 $ nkectl unload com.nke-harness.logring
-nkectl: unload com.nke-harness.logring: in use: com.nke-harness.tcplog depend on it ... [EBUSY]
+nkectl: unload com.nke-harness.logring: in use [EBUSY]: com.nke-harness.tcplog depends on it; unload its dependants or close its control clients first, or pass --force
 (exit status 4)
 $ nkectl unload --force com.nke-harness.logring
 unloaded com.nke-harness.logring (drained in 1.5ms)

@@ -271,7 +271,7 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 var short = map[string]string{"socket": "s", "write": "w", "dry-run": "n"}
 
 func (cmd *command) usage(w io.Writer, fs *flag.FlagSet) {
-	fmt.Fprintf(w, "usage: nkectl %s %s\n\n%s\n", cmd.name, cmd.args, strings.TrimSpace(cmd.help))
+	fmt.Fprintf(w, "usage: %s\n\n%s\n", strings.TrimSpace("nkectl "+cmd.name+" "+cmd.args), strings.TrimSpace(cmd.help))
 	var own, global strings.Builder
 	aliases := map[string]bool{}
 	for _, s := range short {
@@ -304,7 +304,7 @@ func (cmd *command) usage(w io.Writer, fs *flag.FlagSet) {
 		if vname != "" {
 			left += " " + vname
 		}
-		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "[]" && gfs.Lookup(n) == nil {
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "-1" && f.DefValue != "0s" && f.DefValue != "[]" && gfs.Lookup(n) == nil {
 			u += " (default " + f.DefValue + ")"
 		}
 		fmt.Fprintf(b, "%-26s %s\n", left, u)

@@ -648,7 +648,7 @@ func TestHelp(t *testing.T) {
 		}
 		for _, args := range [][]string{{cmd.name, "-h"}, {cmd.name, "--help"}, {"help", cmd.name}} {
 			r := nkectl(t, args...)
-			if r.code != 0 || r.stderr != "" || !strings.HasPrefix(r.stdout, "usage: nkectl "+cmd.name+" ") && r.stdout != "usage: nkectl "+cmd.name+" \n" {
+			if r.code != 0 || r.stderr != "" || !strings.HasPrefix(r.stdout, "usage: nkectl "+cmd.name+"\n") && !strings.HasPrefix(r.stdout, "usage: nkectl "+cmd.name+" ") {
 				t.Errorf("nkectl %q: %+v", args, r)
 				continue
 			}
