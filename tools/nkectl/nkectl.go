@@ -410,10 +410,21 @@ func (c *cli) requestErr(op string, err error) error {
 	}
 	var re *ctlchan.RemoteError
 	if errors.As(err, &re) {
-		return err
+		// The guest's words under nkectl's name for the operation; the
+		// code stays for exitCode.
+		return &explained{fmt.Sprintf("%s: %s [%s]", op, re.Message, re.Code), err}
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }
+
+// explained is an error with a message of its own.
+type explained struct {
+	msg string
+	err error
+}
+
+func (e *explained) Error() string { return e.msg }
+func (e *explained) Unwrap() error { return e.err }
 
 // streamEnd is a stream's result: nil after Ctrl-C, a timeout error
 // after --timeout ran out.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -38,7 +39,7 @@ func newTree(t *testing.T) tree {
 	d, lib := t.TempDir(), t.TempDir()
 	tr := tree{dir: d, lib: lib}
 	tr.app = writeBundle(t, d, "app", "com.t.app", "1.0", map[string]string{"com.t.mid": "1.0", "com.nke-harness.kpi.iface": "1.0", "com.t.lib": "2"})
-	writeBundle(t, d, "mid", "com.t.mid", "1.1", map[string]string{"com.t.base": ""})
+	writeBundle(t, d, "mid", "com.t.mid", "1.1", map[string]string{"com.t.base": "1.0"})
 	writeBundle(t, d, "base", "com.t.base", "1.0", nil)
 	writeBundle(t, lib, "lib", "com.t.lib", "2.0", map[string]string{"com.t.base": "1.0"})
 	os.WriteFile(filepath.Join(d, "README"), []byte("not a bundle"), 0o644)
@@ -111,13 +112,13 @@ func TestLoadResolveErrors(t *testing.T) {
 	runtimeDir(t)
 	v := startVM(t, "vm1", nil)
 	d := t.TempDir()
-	cycle := writeBundle(t, d, "a", "com.c.a", "1.0", map[string]string{"com.c.b": ""})
-	writeBundle(t, d, "b", "com.c.b", "1.0", map[string]string{"com.c.c": ""})
-	writeBundle(t, d, "c", "com.c.c", "1.0", map[string]string{"com.c.a": ""})
-	missing := writeBundle(t, d, "m", "com.c.m", "1.0", map[string]string{"com.c.n": ""})
+	cycle := writeBundle(t, d, "a", "com.c.a", "1.0", map[string]string{"com.c.b": "1.0"})
+	writeBundle(t, d, "b", "com.c.b", "1.0", map[string]string{"com.c.c": "1.0"})
+	writeBundle(t, d, "c", "com.c.c", "1.0", map[string]string{"com.c.a": "1.0"})
+	missing := writeBundle(t, d, "m", "com.c.m", "1.0", map[string]string{"com.c.n": "1.0"})
 	writeBundle(t, d, "n", "com.c.n", "1.0", map[string]string{"com.c.gone": "2.0"})
 	old := writeBundle(t, d, "o", "com.c.o", "1.0", map[string]string{"com.c.n": "1.10"})
-	self := writeBundle(t, d, "s", "com.c.s", "1.0", map[string]string{"com.c.s": ""})
+	self := writeBundle(t, d, "s", "com.c.s", "1.0", map[string]string{"com.c.s": "1.0"})
 	os.MkdirAll(filepath.Join(d, "broken.nke"), 0o755)
 	for _, c := range []struct {
 		name string
@@ -733,5 +734,83 @@ func TestParseInterleaved(t *testing.T) {
 		if err != nil || !cmp.Equal(pos, c.pos) || !cmp.Equal([]string(libs), c.libs) {
 			t.Errorf("parseInterleaved(%q) = %q, libs %q, %v; want %q, %q", c.args, pos, libs, err, c.pos, c.libs)
 		}
+	}
+}
+
+// A socket that accepts and then says nothing, or hangs up: hello fails,
+// exit 3.
+func TestHelloFails(t *testing.T) {
+	runtimeDir(t)
+	d := t.TempDir()
+	for _, c := range []struct {
+		name  string
+		serve func(net.Conn)
+		want  string
+	}{
+		{"silent", func(c net.Conn) { io.Copy(io.Discard, c) }, "no hello from the guest within 200ms: is it still booting? (raise --timeout)"},
+		{"hangs up", func(c net.Conn) { c.Close() }, "; is the VM running? start one with make run, or pass -s PATH"},
+		{"wrong version", func(c net.Conn) {
+			defer c.Close()
+			f, _ := ctlchan.NewDecoder(c, 0).Next()
+			p, _ := ctlchan.AppendMessage(nil, ctlchan.ErrorBody{Op: "hello", Code: ctlchan.CodeVersion, Message: "the guest speaks protocol version 2"}, nil)
+			ctlchan.NewWriter(c).WriteFrame(&ctlchan.Frame{Type: ctlchan.TypeError, Flags: ctlchan.FlagReply, Request: f.Request, Payload: p})
+			io.Copy(io.Discard, c)
+		}, "the guest refused hello: the guest speaks protocol version 2"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			sock := filepath.Join(d, strings.ReplaceAll(c.name, " ", "-")+".sock")
+			ln, err := net.Listen("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				for {
+					conn, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go c.serve(conn)
+				}
+			}()
+			r := nkectl(t, "-s", sock, "--timeout", "200ms", "stat")
+			if r.code != exitUnreachable || !strings.Contains(r.stderr, c.want) || !strings.Contains(r.stderr, sock) {
+				t.Errorf("%+v, want exit 3 and %q", r, c.want)
+			}
+		})
+	}
+}
+
+// refuser's loader refuses one identifier.
+type refuser struct {
+	*ctlchantest.Fake
+	id string
+}
+
+func (r refuser) Load(ctx context.Context, req ctlchan.LoadRequest) (ctlchan.LoadReply, error) {
+	m, err := ctlchantest.ReadManifest(req.Archive)
+	if err == nil && m.ID == r.id {
+		return ctlchan.LoadReply{}, fmt.Errorf("load %s: signature check failed: %w", req.Name, syscall.EPERM)
+	}
+	return r.Fake.Load(ctx, req)
+}
+
+// A load refused part way prints what did load, then the error.
+func TestLoadPartWay(t *testing.T) {
+	runtimeDir(t)
+	startVM(t, "vm1", refuser{ctlchantest.New(), "com.t.mid"})
+	tr := newTree(t)
+	r := nkectl(t, "load", tr.app, "-L", tr.lib)
+	want := result{
+		stdout: lines(
+			"INDEX  ID          VERSION  STATUS",
+			"1      com.t.base  1.0      loaded (dependency)",
+			"2      com.t.lib   2.0      loaded (dependency)"),
+		stderr: "nkectl: load $DIR/mid.nke (a dependency of com.t.app): load mid.nke: signature check failed: operation not permitted [EPERM]\n",
+		code:   exitFailed,
+	}
+	r.stderr = tr.clean(r.stderr)
+	if d := cmp.Diff(want, r, cmp.AllowUnexported(result{})); d != "" {
+		t.Errorf("load refused part way (-want +got):\n%s", d)
 	}
 }

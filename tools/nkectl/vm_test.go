@@ -95,6 +95,44 @@ func nkectlCtx(ctx context.Context, stdin io.Reader, args ...string) result {
 	return result{out.String(), errb.String(), code}
 }
 
+// infoPlist is a bundle's manifest as one on disk is written: a library
+// (compatible back to 1.0) attached at the interface layer, built in.
+func infoPlist(id, version string, libs map[string]string) []byte {
+	var b strings.Builder
+	b.WriteString(`<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0">
+<dict>
+	<key>CFBundleIdentifier</key>
+	<string>` + id + `</string>
+	<key>CFBundleVersion</key>
+	<string>` + version + `</string>
+	<key>OSBundleCompatibleVersion</key>
+	<string>1.0</string>
+	<key>OSBundleLibraries</key>
+	<dict>
+`)
+	for _, k := range sortedKeys(libs) {
+		b.WriteString("\t\t<key>" + k + "</key>\n\t\t<string>" + libs[k] + "</string>\n")
+	}
+	b.WriteString(`	</dict>
+	<key>NKEHarness</key>
+	<dict>
+		<key>Layer</key>
+		<string>interface</string>
+		<key>Capabilities</key>
+		<array>
+			<string>observe</string>
+		</array>
+		<key>Builtin</key>
+		<string>ethlog</string>
+	</dict>
+</dict>
+</plist>
+`)
+	return []byte(b.String())
+}
+
 // writeBundle writes dir/name.nke with an Info.plist (XML, as a bundle
 // on disk has it) and a binary, and returns its path.
 func writeBundle(t *testing.T, dir, name, id, version string, libs map[string]string) string {
@@ -103,7 +141,7 @@ func writeBundle(t *testing.T, dir, name, id, version string, libs map[string]st
 	if err := os.MkdirAll(filepath.Join(p, "Contents", "MacOS"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(p, "Contents", "Info.plist"), ctlchantest.InfoPlist(id, version, libs), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p, "Contents", "Info.plist"), infoPlist(id, version, libs), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(p, "Contents", "MacOS", name), []byte("\x00asm"+id), 0o644); err != nil {
