@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -813,4 +814,46 @@ func TestLoadPartWay(t *testing.T) {
 	if d := cmp.Diff(want, r, cmp.AllowUnexported(result{})); d != "" {
 		t.Errorf("load refused part way (-want +got):\n%s", d)
 	}
+}
+
+// Interactive ctl: replies print as they come, before stdin ends; Ctrl-C
+// ends the session cleanly and disconnects.
+func TestCtlInteractiveInterrupt(t *testing.T) {
+	runtimeDir(t)
+	v := startVM(t, "vm1", nil)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- exit(runWith(ctx, []string{"ctl", ctlchantest.CtlName}, pr, &out, io.Discard), io.Discard) }()
+	io.WriteString(pw, "add one\n")
+	waitFor(t, "the reply", func() bool { return out.String() == "rule 1: one\n" })
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("interactive ctl, Ctrl-C: exit %d", code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("interactive ctl did not end on Ctrl-C")
+	}
+	waitFor(t, "the disconnect", func() bool { return v.fake.CtlClients() == 0 })
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
