@@ -826,7 +826,9 @@ func TestCtlInteractiveInterrupt(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var out syncBuffer
 	done := make(chan int, 1)
-	go func() { done <- exit(runWith(ctx, []string{"ctl", ctlchantest.CtlName}, pr, &out, io.Discard), io.Discard) }()
+	go func() {
+		done <- exit(runWith(ctx, []string{"ctl", ctlchantest.CtlName}, pr, &out, io.Discard), io.Discard)
+	}()
 	io.WriteString(pw, "add one\n")
 	waitFor(t, "the reply", func() bool { return out.String() == "rule 1: one\n" })
 	cancel()
