@@ -84,6 +84,15 @@ func pack(b *bundleInfo) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// satisfies says why d cannot serve a dependant asking for version want,
+// nil if it can.
+func satisfies(d *bundleInfo, want string) error {
+	if compareVersions(d.Version, want) < 0 {
+		return fmt.Errorf("%s is version %s: build a newer one or pass -L DIR with the folder that holds it", d.Path, d.Version)
+	}
+	return nil
+}
+
 // compareVersions compares dotted versions numerically (1.10 > 1.9).
 func compareVersions(a, b string) int {
 	as, bs := strings.Split(a, "."), strings.Split(b, ".")

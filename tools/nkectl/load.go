@@ -99,9 +99,8 @@ func (r *resolver) resolve(root *bundleInfo) ([]*bundleInfo, error) {
 				return usagef("%s needs %s%s, which no bundle in %s has: pass -L DIR with the folder that holds it%s",
 					strings.Join(chain, " -> "), lib, versionNote(want), strings.Join(r.dirs, ", "), r.unreadable())
 			}
-			if want != "" && compareVersions(d.Version, want) < 0 {
-				return usagef("%s needs %s version %s or later, but %s is version %s: build a newer one or pass -L DIR with the folder that holds it",
-					strings.Join(chain, " -> "), lib, want, d.Path, d.Version)
+			if err := satisfies(d, want); err != nil {
+				return usagef("%s needs %s version %s or later, but %v", strings.Join(chain, " -> "), lib, want, err)
 			}
 			if state[lib] == done {
 				continue
