@@ -125,6 +125,9 @@ func (c *cli) capture(req ctlchan.CaptureRequest, file string) error {
 		}
 	}
 	if err = c.streamEnd("capture "+req.Hook, ctx, err); err != nil {
+		if f != nil && cw.n == 0 {
+			os.Remove(file) // nothing came: leave no empty file behind
+		}
 		return err
 	}
 	if res.err != nil && cw.n > 0 && !(c.ctx.Err() != nil && errors.Is(res.err, io.ErrUnexpectedEOF)) {

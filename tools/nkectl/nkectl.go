@@ -76,6 +76,8 @@ func exit(err error, stderr io.Writer) int {
 func run(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// A second Ctrl-C kills nkectl, should the guest not end a stream.
+	context.AfterFunc(ctx, stop)
 	return runWith(ctx, args, os.Stdin, stdout, stderr)
 }
 
