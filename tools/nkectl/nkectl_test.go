@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/nke-harness/nke/kernel/ctlchan"
@@ -508,6 +510,14 @@ func TestCapture(t *testing.T) {
 			t.Errorf("nkectl %q: %+v, want exit %d and %q", c.args, r, c.code, c.want)
 		}
 	}
+	// A capture the guest refused leaves no empty file.
+	none := filepath.Join(t.TempDir(), "none.pcapng")
+	if r := nkectl(t, "capture", "-w", none, "nowhere"); r.code != exitFailed {
+		t.Errorf("capture -w at no hook: %+v", r)
+	}
+	if _, err := os.Stat(none); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("capture -w at no hook left %s: %v", none, err)
+	}
 }
 
 // readPcapng returns "INTERFACE LASTBYTE COMMENT" for each packet.
@@ -858,4 +868,43 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func TestDescribePacket(t *testing.T) {
+	eth := ctlchantest.CapturePacket(5)
+	ts := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
+	ci := gopacket.CaptureInfo{Timestamp: ts, Length: len(eth), CaptureLength: len(eth)}
+	for _, c := range []struct {
+		name    string
+		data    []byte
+		intf    pcapgo.NgInterface
+		comment string
+		want    packet
+	}{
+		{"after", eth, pcapgo.NgInterface{Name: "vtnet0 filters", LinkType: layers.LinkTypeEthernet}, "vtnet0 filters out com.x.fw after: drop",
+			packet{Hook: "vtnet0 filters", Dir: "out", NKE: "com.x.fw", Point: "after", Verdict: "drop", Summary: "10.0.2.2:12345 > 10.0.2.15:7 UDP"}},
+		{"raw IP", eth[14:], pcapgo.NgInterface{Name: "ipv4 (IP)", LinkType: layers.LinkTypeRaw}, "ipv4 in com.x.ipf before",
+			packet{Hook: "ipv4", Dir: "in", NKE: "com.x.ipf", Point: "before", Summary: "10.0.2.2:12345 > 10.0.2.15:7 UDP"}},
+		{"a comment of another shape", []byte{1, 2, 3}, pcapgo.NgInterface{Name: "x", LinkType: layers.LinkTypeEthernet}, "something else",
+			packet{Hook: "x", Summary: "DecodeFailure"}},
+	} {
+		c.want.Time, c.want.Length, c.want.Captured, c.want.Comment = ts, len(eth), len(eth), c.comment
+		got := describePacket(c.data, ci, c.intf, c.comment)
+		if d := cmp.Diff(c.want, got); d != "" {
+			t.Errorf("%s (-want +got):\n%s", c.name, d)
+		}
+	}
+	if got, want := formatPacket(packet{Time: ts, Comment: "something else", Length: 3, Summary: "DecodeFailure"}), "09:00:00.000000  something else  3 bytes  DecodeFailure"; got != want {
+		t.Errorf("formatPacket = %q, want %q", got, want)
+	}
+}
+
+func TestFormatEvent(t *testing.T) {
+	ts := time.Date(2026, 12, 2, 9, 0, 0, 5e6, time.FixedZone("CET", 3600))
+	got := formatEvent(ctlchan.Event{Time: ts, Kind: "ctl-disconnect", NKE: "com.x", Message: "client gone",
+		Fields: map[string]string{"unit": "3", "why": "forced unload", "empty": "", "quote": `a"b`}})
+	want := `2026-12-02T08:00:00.005Z  ctl-disconnect  com.x  client gone  empty="" quote="a\"b" unit=3 why="forced unload"`
+	if got != want {
+		t.Errorf("formatEvent:\n got %s\nwant %s", got, want)
+	}
 }
