@@ -18,6 +18,8 @@ type Kernel struct {
 	IPHook     nke.IPHook
 	SocketHook nke.SocketHook
 	Controls   *Controls
+	// LinkList are the links Links returns (none if empty).
+	LinkList []nke.Link
 
 	mu sync.Mutex
 	// +checklocks:mu
@@ -26,7 +28,7 @@ type Kernel struct {
 
 var _ nke.Kernel = (*Kernel)(nil)
 
-func (k *Kernel) Links() []nke.Link       { return nil }
+func (k *Kernel) Links() []nke.Link       { return k.LinkList }
 func (k *Kernel) IP() nke.IPHook          { return k.IPHook }
 func (k *Kernel) Sockets() nke.SocketHook { return k.SocketHook }
 func (k *Kernel) Control() nke.ControlHook {
