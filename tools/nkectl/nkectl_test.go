@@ -23,6 +23,7 @@ import (
 
 	"github.com/nke-harness/nke/kernel/ctlchan"
 	"github.com/nke-harness/nke/kernel/ctlchan/ctlchantest"
+	"github.com/nke-harness/nke/nke/bundle"
 )
 
 func lines(s ...string) string { return strings.Join(s, "\n") + "\n" }
@@ -122,6 +123,10 @@ func TestLoadResolveErrors(t *testing.T) {
 	writeBundle(t, d, "n", "com.c.n", "1.0", map[string]string{"com.c.gone": "2.0"})
 	old := writeBundle(t, d, "o", "com.c.o", "1.0", map[string]string{"com.c.n": "1.10"})
 	self := writeBundle(t, d, "s", "com.c.s", "1.0", map[string]string{"com.c.s": "1.0"})
+	nolib := writeBundle(t, d, "p", "com.c.p", "1.0", map[string]string{"com.c.q": "1.0"})
+	writeBundlePlist(t, d, "q", infoPlistCompat("com.c.q", "1.0", "", nil))
+	newer := writeBundle(t, d, "r", "com.c.r", "1.0", map[string]string{"com.c.t": "1.0"})
+	writeBundlePlist(t, d, "t", infoPlistCompat("com.c.t", "3.0", "2.0", nil))
 	os.MkdirAll(filepath.Join(d, "broken.nke"), 0o755)
 	for _, c := range []struct {
 		name string
@@ -129,8 +134,10 @@ func TestLoadResolveErrors(t *testing.T) {
 		want string
 	}{
 		{"cycle", []string{"load", cycle}, "dependency cycle: com.c.a -> com.c.b -> com.c.c -> com.c.a"},
-		{"self", []string{"load", self}, "dependency cycle: com.c.s -> com.c.s"},
-		{"missing", []string{"load", missing}, "com.c.m -> com.c.n needs com.c.gone (version 2.0 or later), which no bundle in $DIR has: pass -L DIR with the folder that holds it; these bundles there do not read: $DIR/broken.nke"},
+		{"self", []string{"load", self}, "cannot read the bundle $DIR/s.nke: s.nke/Contents/Info.plist: key OSBundleLibraries.com.c.s: the bundle depends on itself"},
+		{"no library", []string{"load", nolib}, "com.c.p needs com.c.q version 1.0 or later, but $DIR/q.nke (version 1.0) has no OSBundleCompatibleVersion, so it is no library: add one to its Info.plist"},
+		{"incompatible", []string{"load", newer}, "com.c.r needs com.c.t version 1.0 or later, but $DIR/t.nke (version 3.0) is compatible only back to 2.0 (its OSBundleCompatibleVersion)"},
+		{"missing", []string{"load", missing}, "com.c.m -> com.c.n needs com.c.gone (version 2.0 or later), which no bundle in $DIR has: pass -L DIR with the folder that holds it; these bundles there do not read: $DIR/broken.nke (bundle: broken.nke: no Contents folder"},
 		{"too old", []string{"load", old}, "com.c.o needs com.c.n version 1.10 or later, but $DIR/n.nke is version 1.0"},
 		{"missing -L dir", []string{"load", missing, "-L", filepath.Join(d, "nowhere")}, "dependency directory $DIR/nowhere"},
 		{"no bundle", []string{"load", filepath.Join(d, "none.nke")}, "cannot read the bundle $DIR/none.nke"},
@@ -906,5 +913,35 @@ func TestFormatEvent(t *testing.T) {
 	want := `2026-12-02T08:00:00.005Z  ctl-disconnect  com.x  client gone  empty="" quote="a\"b" unit=3 why="forced unload"`
 	if got != want {
 		t.Errorf("formatEvent:\n got %s\nwant %s", got, want)
+	}
+}
+
+// The repository's own bundles: ContentFilter needs TCPLogger, beside it.
+func TestRepositoryBundles(t *testing.T) {
+	runtimeDir(t)
+	v := startVM(t, "vm1", nil)
+	dir := filepath.Join("..", "..", "nke", "bundles")
+	r := nkectl(t, "load", filepath.Join(dir, "ContentFilter.nke"))
+	want := lines(
+		"INDEX  ID                         VERSION  STATUS",
+		"1      com.example.tcplog         1.0.0    loaded (dependency)",
+		"2      com.example.contentfilter  1.0.0    loaded")
+	if d := cmp.Diff(result{stdout: want}, r, cmp.AllowUnexported(result{})); d != "" {
+		t.Errorf("load ContentFilter.nke (-want +got):\n%s", d)
+	}
+	// What went is bundle.Pack's archive, which the guest unpacks.
+	b, err := bundle.ReadDir(filepath.Join(dir, "TCPLogger.nke"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive, err := bundle.Pack(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := v.fake.ArchiveSizes(); len(got) != 2 || got[0] != len(archive) {
+		t.Errorf("archive sizes %v, want TCPLogger's first, %d bytes", got, len(archive))
+	}
+	if _, err := bundle.Unpack(archive); err != nil {
+		t.Errorf("the archive does not unpack: %v", err)
 	}
 }

@@ -98,6 +98,12 @@ func nkectlCtx(ctx context.Context, stdin io.Reader, args ...string) result {
 // infoPlist is a bundle's manifest as one on disk is written: a library
 // (compatible back to 1.0) attached at the interface layer, built in.
 func infoPlist(id, version string, libs map[string]string) []byte {
+	return infoPlistCompat(id, version, "1.0", libs)
+}
+
+// infoPlistCompat is infoPlist with an OSBundleCompatibleVersion ("":
+// none, not a library).
+func infoPlistCompat(id, version, compat string, libs map[string]string) []byte {
 	var b strings.Builder
 	b.WriteString(`<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
@@ -107,9 +113,11 @@ func infoPlist(id, version string, libs map[string]string) []byte {
 	<string>` + id + `</string>
 	<key>CFBundleVersion</key>
 	<string>` + version + `</string>
-	<key>OSBundleCompatibleVersion</key>
-	<string>1.0</string>
-	<key>OSBundleLibraries</key>
+`)
+	if compat != "" {
+		b.WriteString("\t<key>OSBundleCompatibleVersion</key>\n\t<string>" + compat + "</string>\n")
+	}
+	b.WriteString(`	<key>OSBundleLibraries</key>
 	<dict>
 `)
 	for _, k := range sortedKeys(libs) {
@@ -137,14 +145,19 @@ func infoPlist(id, version string, libs map[string]string) []byte {
 // on disk has it) and a binary, and returns its path.
 func writeBundle(t *testing.T, dir, name, id, version string, libs map[string]string) string {
 	t.Helper()
+	return writeBundlePlist(t, dir, name, infoPlist(id, version, libs))
+}
+
+func writeBundlePlist(t *testing.T, dir, name string, plist []byte) string {
+	t.Helper()
 	p := filepath.Join(dir, name+".nke")
 	if err := os.MkdirAll(filepath.Join(p, "Contents", "MacOS"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(p, "Contents", "Info.plist"), infoPlist(id, version, libs), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p, "Contents", "Info.plist"), plist, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(p, "Contents", "MacOS", name), []byte("\x00asm"+id), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p, "Contents", "MacOS", name), []byte("\x00asm"+name), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return p
