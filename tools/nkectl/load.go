@@ -157,10 +157,11 @@ missing, too old, or part of a cycle is an error naming the chain (exit
 2) and nothing is loaded. Prints each bundle's identifier, version and
 index; a failure part way through prints what did load.`,
 		example: `
-$ nkectl load -L out/nke out/nke/tcplog.nke
-INDEX  ID                          VERSION  STATUS
-3      com.nke-harness.logring     1.0      already loaded (dependency)
-4      com.nke-harness.tcplog      1.2      loaded`,
+$ nkectl load nke/bundles/ContentFilter.nke
+INDEX  ID                         VERSION  STATUS
+1      com.example.tcplog         1.0.0    loaded (dependency)
+2      com.example.contentfilter  1.0.0    loaded
+$ nkectl load -n -L ~/nkes build/App.nke      # resolve only: the order, the folders`,
 		flags: func(fs *flag.FlagSet) {
 			libs = nil
 			fs.Var(&libs, "L", "also look for dependencies in `DIR` (repeatable)")
@@ -272,12 +273,13 @@ drained. While other loaded bundles depend on it or control clients are
 connected to it, the guest refuses with EBUSY (exit 4): unload those
 first, close the clients, or pass --force, which detaches them.`,
 		example: `
-$ nkectl unload com.nke-harness.logring
-nkectl: unload com.nke-harness.logring: in use [EBUSY]: com.nke-harness.tcplog depends on it; unload its dependants or close its control clients first, or pass --force
-(exit status 4)
-$ nkectl unload --force com.nke-harness.logring
-unloaded com.nke-harness.logring (drained in 1.5ms)
-forced: detached com.nke-harness.tcplog`,
+$ nkectl unload com.example.tcplog
+nkectl: unload com.example.tcplog: in use [EBUSY]: com.example.contentfilter depends on it; unload its dependants or close its control clients first, or pass --force
+$ echo $?
+4
+$ nkectl unload --force com.example.tcplog
+unloaded com.example.tcplog (drained in 1.5ms)
+forced: detached com.example.contentfilter`,
 		flags: func(fs *flag.FlagSet) {
 			fs.BoolVar(&force, "force", false, "unload even while in use: detach dependants and control clients")
 		},
@@ -332,8 +334,8 @@ Replaces the loaded bundle with PATH.nke's identifier by PATH.nke, at
 once: packets meet either the old or the new version, none is lost.
 With --handover the old instance hands its state to the new one.`,
 		example: `
-$ nkectl replace --handover out/nke/ipfw.nke
-replaced com.nke-harness.ipfw 1.0 -> 1.1 in 40µs, state handed over`,
+$ nkectl replace --handover build/IPFirewall.nke
+replaced com.example.ipfw 1.0.0 -> 1.1.0 in 40µs, state handed over`,
 		flags: func(fs *flag.FlagSet) {
 			fs.BoolVar(&handover, "handover", false, "hand the old instance's state to the new one")
 		},
