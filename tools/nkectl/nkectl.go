@@ -63,13 +63,36 @@ func exitCode(err error) int {
 	return exitFailed
 }
 
-// exit reports err on stderr and returns its exit code.
+// exit reports err on stderr and returns its exit code. After --json
+// the report is a JSON object: {"error": MESSAGE, "code": GUEST CODE,
+// "exit": N}.
 func exit(err error, stderr io.Writer) int {
-	if err != nil {
+	code := exitCode(err)
+	var je *jsonError
+	switch {
+	case err == nil:
+	case errors.As(err, &je):
+		e := struct {
+			Error string       `json:"error"`
+			Code  ctlchan.Code `json:"code,omitempty"`
+			Exit  int          `json:"exit"`
+		}{Error: err.Error(), Exit: code}
+		var re *ctlchan.RemoteError
+		if errors.As(err, &re) {
+			e.Code = re.Code
+		}
+		json.NewEncoder(stderr).Encode(e)
+	default:
 		fmt.Fprintf(stderr, "nkectl: %v\n", err)
 	}
-	return exitCode(err)
+	return code
 }
+
+// jsonError is an error of a run with --json.
+type jsonError struct{ err error }
+
+func (e *jsonError) Error() string { return e.err.Error() }
+func (e *jsonError) Unwrap() error { return e.err }
 
 // run is nkectl: args without the program name. Ctrl-C (or SIGTERM) ends
 // a stream cleanly and cancels a request.
@@ -84,7 +107,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 // runWith is run with its context (ending it is Ctrl-C) and stdin.
 func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	c := &cli{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr, timeout: DefaultTimeout}
-	return c.main(args)
+	err := c.main(args)
+	if err != nil && c.json {
+		return &jsonError{err}
+	}
+	return err
 }
 
 // cli is one invocation.
@@ -241,9 +268,9 @@ func (cmd *command) exec(c *cli, args []string) error {
 	c.noteTimeout(fs)
 	switch {
 	case len(pos) < cmd.min:
-		return usagef("%s: missing arguments: usage: nkectl %s %s (nkectl %s -h)", cmd.name, cmd.name, cmd.args, cmd.name)
+		return usagef("%s: missing arguments: usage: %s (nkectl %s -h)", cmd.name, cmd.usageLine(), cmd.name)
 	case cmd.max >= 0 && len(pos) > cmd.max:
-		return usagef("%s: unexpected argument %q: usage: nkectl %s %s (nkectl %s -h)", cmd.name, pos[cmd.max], cmd.name, cmd.args, cmd.name)
+		return usagef("%s: unexpected argument %q: usage: %s (nkectl %s -h)", cmd.name, pos[cmd.max], cmd.usageLine(), cmd.name)
 	}
 	return cmd.run(c, pos)
 }
@@ -273,7 +300,7 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 var short = map[string]string{"socket": "s", "write": "w", "dry-run": "n"}
 
 func (cmd *command) usage(w io.Writer, fs *flag.FlagSet) {
-	fmt.Fprintf(w, "usage: %s\n\n%s\n", strings.TrimSpace("nkectl "+cmd.name+" "+cmd.args), strings.TrimSpace(cmd.help))
+	fmt.Fprintf(w, "usage: %s\n\n%s\n", cmd.usageLine(), strings.TrimSpace(cmd.help))
 	var own, global strings.Builder
 	aliases := map[string]bool{}
 	for _, s := range short {
@@ -318,6 +345,10 @@ func (cmd *command) usage(w io.Writer, fs *flag.FlagSet) {
 	if cmd.example != "" {
 		fmt.Fprintf(w, "\nexample:\n%s\n", indent(strings.Trim(cmd.example, "\n"), "  "))
 	}
+}
+
+func (cmd *command) usageLine() string {
+	return strings.TrimSpace("nkectl " + cmd.name + " " + cmd.args)
 }
 
 func longOf(s string) string {

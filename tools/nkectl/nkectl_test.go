@@ -945,3 +945,31 @@ func TestRepositoryBundles(t *testing.T) {
 		t.Errorf("the archive does not unpack: %v", err)
 	}
 }
+
+// After --json, errors are JSON too, with the guest's code and the exit
+// code.
+func TestJSONErrors(t *testing.T) {
+	runtimeDir(t)
+	startVM(t, "vm1", nil)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--json", "unload", "com.t.none"}, `{"error":"unload com.t.none: unload com.t.none: not loaded (see nkectl stat): no such file or directory [ENOENT]","code":"ENOENT","exit":1}`},
+		{[]string{"stat", "--json", "extra"}, `{"error":"stat: unexpected argument \"extra\": usage: nkectl stat (nkectl stat -h)","exit":2}`},
+		{[]string{"--json", "-s", "/nonexistent.sock", "ping"}, `{"error":"cannot connect to /nonexistent.sock (-s): dial unix /nonexistent.sock: connect: no such file or directory; is the VM running? start one with make run, or pass -s PATH","exit":3}`},
+	} {
+		r := nkectl(t, c.args...)
+		if r.stderr != c.want+"\n" || r.stdout != "" {
+			t.Errorf("nkectl %q: stdout %q, stderr\n%s\nwant\n%s", c.args, r.stdout, r.stderr, c.want)
+		}
+	}
+}
+
+// run is what main calls: the process's stdin and signals.
+func TestRun(t *testing.T) {
+	var out, errb strings.Builder
+	if err := run([]string{"version", "--client", "--json"}, &out, &errb); err != nil || !strings.Contains(out.String(), `"protocol": 1`) {
+		t.Errorf("run version --client --json: %v, %q, %q", err, out.String(), errb.String())
+	}
+}
