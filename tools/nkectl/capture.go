@@ -116,7 +116,7 @@ func (c *cli) capture(req ctlchan.CaptureRequest, file string) error {
 	}
 	ctx, cancel := c.streamCtx()
 	defer cancel()
-	err = cl.Capture(ctx, req, w)
+	err = c.stream(ctx, func() error { return cl.Capture(ctx, req, w) })
 	pw.Close()
 	res := <-done
 	if f != nil {

@@ -48,8 +48,18 @@ func (c *cli) events(count int, kinds []string) error {
 	}
 	ctx, cancel := c.streamCtx()
 	defer cancel()
+	err = c.stream(ctx, func() error { return cl.Events(ctx, c.eventPrinter(count, kinds)) })
+	if errors.Is(err, errEnough) {
+		return nil
+	}
+	return c.streamEnd("events", ctx, err)
+}
+
+// eventPrinter prints the events of kinds, and ends the stream after
+// count of them.
+func (c *cli) eventPrinter(count int, kinds []string) func(ctlchan.Event) error {
 	n := 0
-	err = cl.Events(ctx, func(e ctlchan.Event) error {
+	return func(e ctlchan.Event) error {
 		if len(kinds) > 0 && !slices.Contains(kinds, e.Kind) {
 			return nil
 		}
@@ -66,11 +76,7 @@ func (c *cli) events(count int, kinds []string) error {
 			return errEnough
 		}
 		return nil
-	})
-	if errors.Is(err, errEnough) {
-		return nil
 	}
-	return c.streamEnd("events", ctx, err)
 }
 
 // formatEvent is an event's line: time, kind, NKE, message, fields.

@@ -471,6 +471,31 @@ func (c *cli) streamEnd(op string, ctx context.Context, err error) error {
 	return c.requestErr(op, err)
 }
 
+// endGrace is how long a cancelled stream waits for the guest to
+// confirm its end before nkectl hangs up.
+var endGrace = 2 * time.Second
+
+// stream runs a streaming request (events, capture), which ends when
+// ctx does once the guest confirms; a guest that does not within
+// endGrace is hung up on.
+func (c *cli) stream(ctx context.Context, run func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- run() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(endGrace):
+		c.client.Close()
+		<-done
+		return unreachable(fmt.Errorf("the stream was cancelled but the guest did not confirm its end within %v: is it hung?", endGrace))
+	}
+}
+
 // printJSON writes v as indented JSON.
 func (c *cli) printJSON(v any) error {
 	enc := json.NewEncoder(c.stdout)

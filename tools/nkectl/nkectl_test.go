@@ -973,3 +973,32 @@ func TestRun(t *testing.T) {
 		t.Errorf("run version --client --json: %v, %q, %q", err, out.String(), errb.String())
 	}
 }
+
+// deaf's event stream does not end when cancelled, until released.
+type deaf struct {
+	*ctlchantest.Fake
+	release chan struct{}
+}
+
+func (d deaf) Events(ctx context.Context, send func(ctlchan.Event) error) error {
+	<-d.release
+	return nil
+}
+
+// A guest that does not confirm the end of a cancelled stream is hung up
+// on: Ctrl-C still ends nkectl, exit 3.
+func TestStreamEndNotConfirmed(t *testing.T) {
+	runtimeDir(t)
+	d := deaf{ctlchantest.New(), make(chan struct{})}
+	startVM(t, "vm1", d)
+	t.Cleanup(func() { close(d.release) })
+	defer func(g time.Duration) { endGrace = g }(endGrace)
+	endGrace = 200 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	wait := background(ctx, "events")
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	if r := wait(); r.code != exitUnreachable || !strings.Contains(r.stderr, "the guest did not confirm its end within 200ms") {
+		t.Errorf("events, Ctrl-C, a deaf guest: %+v", r)
+	}
+}
