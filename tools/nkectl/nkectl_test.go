@@ -254,10 +254,10 @@ func TestCtl(t *testing.T) {
 		stdout string
 		stderr string // a part of it
 	}{
-		{"", []string{"ctl", ipfw, "send", "add drop tcp dport 23"}, 0, "rule 1: drop tcp dport 23\n", ""},
-		{"add allow udp", []string{"ctl", ipfw, "send", "-", "list"}, 0, lines("rule 2: allow udp", "rule 1: drop tcp dport 23", "rule 2: allow udp", "2 rules"), ""},
+		{"", []string{"ctl", ipfw, "send", "--count", "1", "--wait", "5s", "add drop tcp dport 23"}, 0, "rule 1: drop tcp dport 23\n", ""},
+		{"add allow udp", []string{"ctl", ipfw, "send", "--count", "4", "--wait", "5s", "-", "list"}, 0, lines("rule 2: allow udp", "rule 1: drop tcp dport 23", "rule 2: allow udp", "2 rules"), ""},
 		{"", []string{"ctl", ipfw, "send", "--count", "1", "list"}, 0, "rule 1: drop tcp dport 23\n", ""},
-		{"", []string{"ctl", ipfw, "send", "--json", "list"}, 0, lines(
+		{"", []string{"ctl", ipfw, "send", "--json", "--count", "3", "--wait", "5s", "list"}, 0, lines(
 			`{"data":"cnVsZSAxOiBkcm9wIHRjcCBkcG9ydCAyMw==","text":"rule 1: drop tcp dport 23"}`,
 			`{"data":"cnVsZSAyOiBhbGxvdyB1ZHA=","text":"rule 2: allow udp"}`,
 			`{"data":"MiBydWxlcw==","text":"2 rules"}`), ""},
@@ -277,10 +277,10 @@ func TestCtl(t *testing.T) {
 		{"", []string{"ctl", "com.nobody", "send", "x"}, exitFailed, "", "connect com.nobody: no control endpoint by that name"},
 		// Interactive: lines in, replies out as they come, a refused
 		// line reported and counted.
-		{"add a\n\nbad\nlist\n", []string{"ctl", ipfw}, exitFailed, lines(
+		{"add a\n\nbad\nlist\n", []string{"ctl", ipfw, "--wait", "500ms"}, exitFailed, lines(
 			"rule 3: a", "rule 1: drop tcp dport 23", "rule 2: allow udp", "rule 3: a", "3 rules"),
 			"ctl com.nke-harness.ipfw: 1 of 3 messages were refused"},
-		{"list\n", []string{"ctl", ipfw, "--hex"}, 0, lines(
+		{"list\n", []string{"ctl", ipfw, "--hex", "--wait", "500ms"}, 0, lines(
 			"72756c6520313a2064726f70207463702064706f7274203233", "72756c6520323a20616c6c6f7720756470", "72756c6520333a2061", "332072756c6573"),
 			"connected to com.nke-harness.ipfw unit 1"},
 		// The NKE closes the connection.
