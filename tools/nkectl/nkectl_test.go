@@ -336,7 +336,7 @@ func TestCtlRecv(t *testing.T) {
 		{[]string{"ctl", ipfw, "recv"}, 0, "hello\n", ""},
 		{[]string{"ctl", ipfw, "recv", "--count", "2", "--hex"}, 0, "68656c6c6f0a\n000102ff\n", ""},
 		{[]string{"ctl", ipfw, "recv", "--count", "2", "--json"}, 0, lines(`{"data":"aGVsbG8K","text":"hello\n"}`, `{"data":"AAEC/w=="}`), ""},
-		{[]string{"ctl", "--unit", "3", ipfw, "recv", "--count", "3", "--timeout", "300ms"}, exitUnreachable, "hello\n\x00\x01\x02\xff\n", "--timeout 300ms ran out"},
+		{[]string{"ctl", "--unit", "3", ipfw, "recv", "--count", "3", "--timeout", "1s"}, exitUnreachable, "hello\n\x00\x01\x02\xff\n", "--timeout 1s ran out"},
 		{[]string{"ctl", ipfw, "recv", "extra"}, exitUsage, "", `unexpected argument "extra"`},
 	} {
 		r := nkectl(t, c.args...)
@@ -408,14 +408,16 @@ func TestEvents(t *testing.T) {
 
 	// Ctrl-C ends it cleanly.
 	ctx, cancel := context.WithCancel(context.Background())
-	wait := background(ctx, "events")
+	var out syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- exit(runWith(ctx, []string{"events"}, strings.NewReader(""), &out, &out), &out) }()
 	waitFor(t, "the events stream", func() bool { return v.fake.Subscribers() == 1 })
 	v.fake.Emit(ctlchan.Event{Kind: "link-down", Message: "vtnet0 down"})
-	waitFor(t, "nothing", func() bool { return true })
-	time.Sleep(50 * time.Millisecond)
+	const line = "2026-12-02T09:00:00.000Z  link-down     -  vtnet0 down\n"
+	waitFor(t, "the event", func() bool { return out.String() == line })
 	cancel()
-	if r := wait(); r.code != 0 || r.stdout != "2026-12-02T09:00:00.000Z  link-down     -  vtnet0 down\n" || r.stderr != "" {
-		t.Errorf("events, Ctrl-C: %+v", r)
+	if code := <-done; code != 0 || out.String() != line {
+		t.Errorf("events, Ctrl-C: exit %d, %q", code, out.String())
 	}
 	waitFor(t, "the stream's end in the guest", func() bool { return v.fake.Subscribers() == 0 })
 
@@ -624,16 +626,24 @@ func TestSocket(t *testing.T) {
 }
 
 // slow's Stat answers only when its request is cancelled.
-type slow struct{ *ctlchantest.Fake }
+type slow struct {
+	*ctlchantest.Fake
+	called chan struct{}
+}
 
-func (slow) Stat(ctx context.Context) (ctlchan.Stat, error) {
+func (s slow) Stat(ctx context.Context) (ctlchan.Stat, error) {
+	select {
+	case s.called <- struct{}{}:
+	default:
+	}
 	<-ctx.Done()
 	return ctlchan.Stat{}, ctx.Err()
 }
 
 func TestTimeout(t *testing.T) {
 	runtimeDir(t)
-	startVM(t, "vm1", slow{ctlchantest.New()})
+	s := slow{ctlchantest.New(), make(chan struct{}, 1)}
+	startVM(t, "vm1", s)
 	t0 := time.Now()
 	r := nkectl(t, "--timeout", "150ms", "stat")
 	if r.code != exitUnreachable || !strings.Contains(r.stderr, "stat: no answer from the guest within 150ms (raise --timeout)") {
@@ -644,8 +654,9 @@ func TestTimeout(t *testing.T) {
 	}
 	// Ctrl-C during a request.
 	ctx, cancel := context.WithCancel(context.Background())
+	<-s.called // the first stat's
 	wait := background(ctx, "stat")
-	time.Sleep(100 * time.Millisecond)
+	<-s.called
 	cancel()
 	if r := wait(); r.code != exitFailed || !strings.Contains(r.stderr, "stat: interrupted") {
 		t.Errorf("stat, Ctrl-C: %+v", r)
@@ -791,7 +802,11 @@ func TestHelloFails(t *testing.T) {
 					go c.serve(conn)
 				}
 			}()
-			r := nkectl(t, "-s", sock, "--timeout", "200ms", "stat")
+			timeout := "5s"
+			if c.name == "silent" {
+				timeout = "200ms"
+			}
+			r := nkectl(t, "-s", sock, "--timeout", timeout, "stat")
 			if r.code != exitUnreachable || !strings.Contains(r.stderr, c.want) || !strings.Contains(r.stderr, sock) {
 				t.Errorf("%+v, want exit 3 and %q", r, c.want)
 			}
@@ -977,10 +992,11 @@ func TestRun(t *testing.T) {
 // deaf's event stream does not end when cancelled, until released.
 type deaf struct {
 	*ctlchantest.Fake
-	release chan struct{}
+	called, release chan struct{}
 }
 
 func (d deaf) Events(ctx context.Context, send func(ctlchan.Event) error) error {
+	d.called <- struct{}{}
 	<-d.release
 	return nil
 }
@@ -989,14 +1005,14 @@ func (d deaf) Events(ctx context.Context, send func(ctlchan.Event) error) error 
 // on: Ctrl-C still ends nkectl, exit 3.
 func TestStreamEndNotConfirmed(t *testing.T) {
 	runtimeDir(t)
-	d := deaf{ctlchantest.New(), make(chan struct{})}
+	d := deaf{ctlchantest.New(), make(chan struct{}, 1), make(chan struct{})}
 	startVM(t, "vm1", d)
 	t.Cleanup(func() { close(d.release) })
 	defer func(g time.Duration) { endGrace = g }(endGrace)
 	endGrace = 200 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	wait := background(ctx, "events")
-	time.Sleep(100 * time.Millisecond)
+	<-d.called
 	cancel()
 	if r := wait(); r.code != exitUnreachable || !strings.Contains(r.stderr, "the guest did not confirm its end within 200ms") {
 		t.Errorf("events, Ctrl-C, a deaf guest: %+v", r)
