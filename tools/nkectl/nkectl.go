@@ -442,6 +442,10 @@ func (c *cli) requestErr(op string, err error) error {
 		return unreachable(fmt.Errorf("%s: %w: did the VM stop?", op, err))
 	}
 	var re *ctlchan.RemoteError
+	if errors.As(err, &re) && re.Code == ctlchan.CodeFailed && strings.HasPrefix(re.Message, muxUpstreamFailed) {
+		// Not the guest's answer: the multiplexer could not reach it.
+		return unreachable(fmt.Errorf("%s: %s: did the VM stop?", op, re.Message))
+	}
 	if errors.As(err, &re) {
 		// The guest's words under nkectl's name for the operation; the
 		// code stays for exitCode.
@@ -449,6 +453,11 @@ func (c *cli) requestErr(op string, err error) error {
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }
+
+// muxUpstreamFailed starts the message of the error the host multiplexer
+// (ctlchan.Mux) answers with when it cannot pass a request on to the
+// guest (it has no code of its own: EFAIL).
+const muxUpstreamFailed = "the connection to the guest failed"
 
 // explained is an error with a message of its own.
 type explained struct {

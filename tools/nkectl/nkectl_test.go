@@ -738,6 +738,8 @@ func TestExitCode(t *testing.T) {
 		{ctlchan.ErrUpstreamLost, 3},
 		{fmt.Errorf("x: %w", context.DeadlineExceeded), 3},
 		{usagef("bad"), 2},
+		{(&cli{ctx: context.Background()}).requestErr("stat", &ctlchan.RemoteError{Op: "stat", Code: ctlchan.CodeFailed, Message: "the connection to the guest failed: write: broken pipe"}), 3},
+		{(&cli{ctx: context.Background()}).requestErr("stat", &ctlchan.RemoteError{Op: "stat", Code: ctlchan.CodeFailed, Message: "stat failed"}), 1},
 		{unreachable(errors.New("gone")), 3},
 		{fmt.Errorf("x: %w", syscall.EBUSY), 4},
 	} {
