@@ -439,7 +439,7 @@ func (c *cli) requestErr(op string, err error) error {
 	case errors.Is(err, context.DeadlineExceeded):
 		return unreachable(fmt.Errorf("%s: no answer from the guest within %v (raise --timeout)", op, c.timeout))
 	case errors.Is(err, ctlchan.ErrLost):
-		return unreachable(fmt.Errorf("%s: %w: did the VM stop?", op, err))
+		return unreachable(fmt.Errorf("%s: %w: did the VM stop? (the host multiplexer also drops a client that reads too slowly)", op, err))
 	}
 	var re *ctlchan.RemoteError
 	if errors.As(err, &re) && re.Code == ctlchan.CodeFailed && strings.HasPrefix(re.Message, muxUpstreamFailed) {
