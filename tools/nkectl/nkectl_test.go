@@ -193,6 +193,28 @@ func TestStat(t *testing.T) {
 	if !strings.Contains(r.stdout, "\n  \"nkes\": [\n") {
 		t.Errorf("stat --json is not indented:\n%s", r.stdout)
 	}
+
+	// Some of them.
+	r = nkectl(t, "stat", "com.t.app", "com.t.base")
+	want = lines(
+		"INDEX  REFS  ID          VERSION  KIND     LAYER      ATTACHMENT  ORDER   CONTINUE  SWALLOW  DROP  FAULTS  REFUSED  NS/PKT",
+		"4      0     com.t.app   1.0      builtin  interface  vtnet0 all  4 of 4  360       0        40    0       0        50.0",
+		"1      2     com.t.base  1.0      builtin  interface  vtnet0 all  1 of 4  90        0        10    0       0        12.5",
+		"",
+		"HOOK            CHAIN",
+		"vtnet0 filters  com.t.base -> com.t.lib -> com.t.mid -> com.t.app",
+	)
+	if d := cmp.Diff(result{stdout: want}, r, cmp.AllowUnexported(result{})); d != "" {
+		t.Errorf("stat IDs (-want +got):\n%s", d)
+	}
+	r = nkectl(t, "stat", "--json", "com.t.lib")
+	got = ctlchan.Stat{}
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got.NKEs) != 1 || got.NKEs[0].ID != "com.t.lib" || len(got.Chains) != 1 {
+		t.Errorf("stat --json ID: %v, %+v", err, got)
+	}
+	if r := nkectl(t, "stat", "com.t.app", "com.t.none"); r.code != exitFailed || r.stdout != "" || r.stderr != "nkectl: stat: com.t.none is not loaded (nkectl stat lists what is)\n" {
+		t.Errorf("stat of an NKE not loaded: %+v", r)
+	}
 }
 
 func TestUnloadReplace(t *testing.T) {
@@ -707,7 +729,6 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"frob"}, `nkectl: unknown command "frob" (nkectl -h lists the commands)` + "\n"},
 		{[]string{"--frob", "stat"}, "nkectl: flag provided but not defined: -frob (nkectl -h shows the usage)\n"},
 		{[]string{"stat", "--frob"}, "nkectl: stat: flag provided but not defined: -frob (nkectl stat -h shows the usage)\n"},
-		{[]string{"stat", "extra"}, `unexpected argument "extra"`},
 		{[]string{"events", "--count", "x"}, `invalid value "x" for flag -count`},
 		{[]string{"events", "--count", "-1"}, "--count wants 0 or more"},
 		{[]string{"load"}, "load: missing arguments: usage: nkectl load [-L DIR]... [-n] PATH.nke"},
@@ -973,7 +994,7 @@ func TestJSONErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"--json", "unload", "com.t.none"}, `{"error":"unload com.t.none: unload com.t.none: not loaded (see nkectl stat): no such file or directory [ENOENT]","code":"ENOENT","exit":1}`},
-		{[]string{"stat", "--json", "extra"}, `{"error":"stat: unexpected argument \"extra\": usage: nkectl stat (nkectl stat -h)","exit":2}`},
+		{[]string{"ping", "--json", "extra"}, `{"error":"ping: unexpected argument \"extra\": usage: nkectl ping [--count N] [--size BYTES] (nkectl ping -h)","exit":2}`},
 		{[]string{"--json", "-s", "/nonexistent.sock", "ping"}, `{"error":"cannot connect to /nonexistent.sock (-s): dial unix /nonexistent.sock: connect: no such file or directory; is the VM running? start one with make run, or pass -s PATH","exit":3}`},
 	} {
 		r := nkectl(t, c.args...)

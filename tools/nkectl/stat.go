@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,15 +16,17 @@ import (
 
 func statCmd() *command {
 	return &command{
-		name: "stat", args: "", summary: "the loaded NKEs, their counters, every hook's chain", max: 0,
+		name: "stat", args: "[ID...]", summary: "the loaded NKEs, their counters, every hook's chain", max: -1,
 		help: `
 Prints the kextstat-like table of loaded NKEs: index, references (loaded
 bundles that depend on it plus control clients), identifier, version,
 kind (builtin or wasm), layer, attachment, its resolved place in its
 chain, the verdict counters (continue, swallow, drop, faults, refused:
 verdicts beyond its capabilities) and the mean time per packet; then
-the order of every hook's chain, as packets meet the filters. --json
-prints the guest's reply as it is.`,
+the order of every hook's chain, as packets meet the filters. With IDs,
+only those NKEs and the chains they are in; one not loaded is exit 1
+(kextstat -b; nkectl stat ID >/dev/null tells whether it is loaded).
+--json prints the guest's reply (with IDs, only their part of it).`,
 		example: `
 $ nkectl stat
 INDEX  REFS  ID                      VERSION  KIND     LAYER      ATTACHMENT  ORDER   CONTINUE  SWALLOW  DROP  FAULTS  REFUSED  NS/PKT
@@ -32,11 +35,11 @@ INDEX  REFS  ID                      VERSION  KIND     LAYER      ATTACHMENT  OR
 
 HOOK            CHAIN
 vtnet0 filters  com.example.base -> com.example.fw`,
-		run: func(c *cli, args []string) error { return c.stat() },
+		run: func(c *cli, args []string) error { return c.stat(args) },
 	}
 }
 
-func (c *cli) stat() error {
+func (c *cli) stat(ids []string) error {
 	cl, err := c.connect()
 	if err != nil {
 		return err
@@ -46,6 +49,12 @@ func (c *cli) stat() error {
 	st, err := cl.Stat(ctx)
 	if err != nil {
 		return c.requestErr("stat", err)
+	}
+	if len(ids) > 0 {
+		var err error
+		if st, err = onlyIDs(st, ids); err != nil {
+			return err
+		}
 	}
 	if c.json {
 		if st.NKEs == nil {
@@ -85,6 +94,24 @@ func (c *cli) stat() error {
 		fmt.Fprintf(tw, "%s\t%s\n", ch.Hook, chain)
 	}
 	return tw.Flush()
+}
+
+// onlyIDs keeps the NKEs ids and the chains holding one of them.
+func onlyIDs(st ctlchan.Stat, ids []string) (ctlchan.Stat, error) {
+	var out ctlchan.Stat
+	for _, id := range ids {
+		i := slices.IndexFunc(st.NKEs, func(n ctlchan.NKEStat) bool { return n.ID == id })
+		if i < 0 {
+			return out, fmt.Errorf("stat: %s is not loaded (nkectl stat lists what is)", id)
+		}
+		out.NKEs = append(out.NKEs, st.NKEs[i])
+	}
+	for _, ch := range st.Chains {
+		if slices.ContainsFunc(ch.Filters, func(f string) bool { return slices.Contains(ids, f) }) {
+			out.Chains = append(out.Chains, ch)
+		}
+	}
+	return out, nil
 }
 
 func dash(s string) string {
