@@ -237,15 +237,20 @@ func (h *ipHook) InjectIPOutput(m *mbuf.Mbuf, ref nke.Attachment) error {
 	return h.h.InjectIPOutput(m, unwrap(ref))
 }
 
-// sockHook passes socket filters through with the manifest's order (the
-// loader does not interpose on socket calls yet); injects are checked.
+// sockHook registers socket filters wrapped (sockWrap: capabilities
+// checked, no pause, no swap) with the manifest's order; injects are
+// checked.
 type sockHook struct {
 	h    nke.SocketHook
 	inst *instance
 }
 
 func (h *sockHook) RegisterSocketFilter(spec nke.SocketFilterSpec) (nke.Attachment, error) {
+	if err := spec.Check(); err != nil {
+		return nil, err
+	}
 	spec.Order = h.inst.order(spec.Order)
+	spec.Filter = &sockWrap{inst: h.inst, f: spec.Filter, sf: spec.Filter.(nke.SocketFilter)}
 	a, err := h.h.RegisterSocketFilter(spec)
 	if err != nil {
 		return nil, err

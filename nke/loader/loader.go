@@ -554,7 +554,7 @@ func (l *Loader) load(ctx context.Context, b *bundle.Bundle, opts Options, stage
 	inst.index = l.nextIndex
 	l.loaded = append(l.loaded, inst)
 	l.mu.Unlock()
-	l.event("load", id, "%s %s loaded from %s (%s)", id, b.Manifest.Version, b.Name, b.Manifest.Harness.Kind())
+	l.event("load", id, "version %s loaded from %s (%s)", b.Manifest.Version, b.Name, b.Manifest.Harness.Kind())
 	return nil
 }
 
@@ -726,7 +726,7 @@ func (l *Loader) unload(ctx context.Context, id string, force bool) (*UnloadResu
 		return res, err
 	}
 	l.remove(inst)
-	l.event("unload", id, "%s %s unloaded (drain %v%s, stop %v)", id, inst.b.Manifest.Version, res.Drain, map[bool]string{true: ", timed out"}[res.DrainTimedOut], res.Stop)
+	l.event("unload", id, "version %s unloaded (drain %v%s, stop %v)", inst.b.Manifest.Version, res.Drain, map[bool]string{true: ", timed out"}[res.DrainTimedOut], res.Stop)
 	return res, nil
 }
 
@@ -929,7 +929,7 @@ func (l *Loader) Replace(ctx context.Context, b *bundle.Bundle, handover bool) (
 		res.OldStopError = err
 		old.cleanup()
 	}
-	l.event("replace", id, "%s %s replaced by %s (%d swapped in place, %d beside, swap %v, old drained in %v)", id, res.OldVersion, res.Version, res.Swapped, res.Beside, res.Swap, res.Old.Drain)
+	l.event("replace", id, "version %s replaced by %s (%d swapped in place, %d beside, swap %v, old drained in %v)", res.OldVersion, res.Version, res.Swapped, res.Beside, res.Swap, res.Old.Drain)
 	return res, nil
 }
 

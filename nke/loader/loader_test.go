@@ -424,3 +424,48 @@ func must2[T any](_ T, err error) {
 }
 
 var _ = sync.Mutex{}
+
+// TestUnloadUnderTraffic: with packets flowing, an unload never lets a
+// call reach the filter after its Detached, and every packet gets a
+// verdict.
+func TestUnloadUnderTraffic(t *testing.T) {
+	for round := 0; round < 20; round++ {
+		r := newRig(t, 0)
+		c := &counter{}
+		r.register(ipModule("a", "com.a", c, nil))
+		must(t, r.l.Load(ctx, mk("com.a", "1.0", "1.0", "a", nil), Options{}))
+		var sent atomic.Uint64
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for w := 0; w < 2; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					r.send(&mbuf.Mbuf{})
+					sent.Add(1)
+				}
+			}()
+		}
+		for sent.Load() < 1000 {
+			time.Sleep(10 * time.Microsecond)
+		}
+		res, err := r.l.Unload(ctx, "com.a", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		close(stop)
+		wg.Wait()
+		if c.late.Load() != 0 || res.DrainTimedOut {
+			t.Fatalf("round %d: %d calls after Detached, drain %v timed out %v", round, c.late.Load(), res.Drain, res.DrainTimedOut)
+		}
+		if round == 0 {
+			t.Logf("%d packets, %d seen; drain %v, stop %v", sent.Load(), c.seen.Load(), res.Drain, res.Stop)
+		}
+	}
+}
