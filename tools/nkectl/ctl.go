@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -133,7 +134,10 @@ func (c *cli) ctl(name string, args []string, f ctlFlags) error {
 			return usagef("ctl %s getopt: --size wants 0 to %d", name, ctlchan.MaxPayload-64)
 		}
 	default:
-		return usagef("ctl %s: unknown subcommand %q: want send, recv, setopt, getopt, or none for interactive", name, sub)
+		// A command for the NKE, as one message of its words
+		// (nkectl ctl com.nke-harness.ipfw add 'drop tcp dport 23').
+		msgs = [][]byte{[]byte(strings.Join(append([]string{sub}, args...), " "))}
+		sub = "send"
 	}
 	if f.unit > 1<<32-1 {
 		return usagef("ctl: --unit %d out of range", f.unit)

@@ -295,7 +295,9 @@ func TestCtl(t *testing.T) {
 		{"", []string{"ctl", ipfw, "setopt", "2", "x"}, exitFailed, "", "[EOPNOTSUPP]"},
 		{"", []string{"ctl", ipfw, "setopt", "one", "x"}, exitUsage, "", `option "one": want a number`},
 		{"", []string{"ctl", ipfw, "setopt", "1", "--hex", "zz"}, exitUsage, "", "--hex value"},
-		{"", []string{"ctl", ipfw, "frob"}, exitUsage, "", `unknown subcommand "frob"`},
+		// Words that are no subcommand are one command for the NKE.
+		{"", []string{"ctl", ipfw, "frob", "it"}, exitFailed, "", `"frob it": want add RULE or list`},
+		{"", []string{"ctl", ipfw, "list", "--count", "1", "--wait", "5s"}, 0, "rule 1: drop tcp dport 23\n", ""},
 		{"", []string{"ctl", "com.nobody", "send", "x"}, exitFailed, "", "connect com.nobody: no control endpoint by that name"},
 		// Interactive: lines in, replies out as they come, a refused
 		// line reported and counted.
