@@ -109,6 +109,7 @@ func (inst *instance) attach(key string, filter any, detached func(),
 	if old := inst.takeSlot(key, form); old != nil {
 		a := &attachment{s: old, im: im, done: make(chan struct{})}
 		a.staged.Store(true)
+		old.bequeath(a)
 		inst.addAttachment(a)
 		return a, nil
 	}

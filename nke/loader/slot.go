@@ -28,6 +28,11 @@ type slot struct {
 	prev *impl
 	// +checklocks:mu
 	realDetached bool
+	// heir is the attachment a Replace staged for this slot: if the old
+	// version detaches its filter before the heir goes in, the slot (its
+	// place in the chain) is kept for the heir.
+	// +checklocks:mu
+	heir *attachment
 }
 
 // impl is one NKE filter behind a slot.
@@ -108,6 +113,22 @@ func (a *attachment) Detach() {
 		s.mu.Lock()
 		switch {
 		case a.staged.Load():
+			if s.heir == a {
+				s.heir = nil
+			}
+			// The old version gave the slot up for this heir: nobody
+			// holds it now.
+			orphan := s.cur.Load() == nil && !s.realDetached
+			s.mu.Unlock()
+			if orphan {
+				s.real.Detach()
+			}
+			a.finish()
+			return
+		case s.cur.Load() == a.im && s.heir != nil && !s.heir.gone.Load():
+			// A Replace is staging the next version here: keep the place
+			// for it, passing packets until it goes in.
+			s.cur.Store(nil)
 			s.mu.Unlock()
 			a.finish()
 			return
@@ -150,12 +171,22 @@ func (a *attachment) commit() {
 	s := a.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.heir == a {
+		s.heir = nil
+	}
 	if a.gone.Load() {
 		return
 	}
 	s.prev = s.cur.Load()
 	s.cur.Store(a.im)
 	a.staged.Store(false)
+}
+
+// bequeath makes a, staged in a Replace, the heir of s.
+func (s *slot) bequeath(a *attachment) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.heir = a
 }
 
 // detached reports whether Detach was called.
