@@ -48,11 +48,21 @@ type impl struct {
 // The count is taken before cur and the pause are checked again, so a
 // drain that saw the count at zero after storing cur or the pause has no
 // call into the old impl left (the atomics are sequentially consistent).
+//
+// A paused impl that is no longer current was replaced (Replace pauses
+// the old version after the new one went in): the packet goes to the
+// current one instead, or it would meet neither.
 func (s *slot) enter() *impl {
 	for {
 		im := s.cur.Load()
-		if im == nil || im.inst.paused.Load() {
+		if im == nil {
 			return nil
+		}
+		if im.inst.paused.Load() {
+			if s.cur.Load() == im {
+				return nil
+			}
+			continue
 		}
 		im.inflight.Add(1)
 		if s.cur.Load() == im && !im.inst.paused.Load() {
