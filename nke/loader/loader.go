@@ -53,8 +53,8 @@ var (
 	ErrReplace = errors.New("loader: cannot replace")
 )
 
-// KPI ids the harness offers (OSBundleLibraries entries under
-// bundle.KPIPrefix), all at DefaultKPIVersion today.
+// DefaultKPIs are the KPI ids the harness offers (OSBundleLibraries
+// entries under bundle.KPIPrefix) and their versions, all 1.0 today.
 var DefaultKPIs = map[string]string{
 	bundle.KPIPrefix + "mbuf":    "1.0",
 	bundle.KPIPrefix + "raw":     "1.0",
