@@ -188,7 +188,11 @@ type instance struct {
 	// +checklocks:mu
 	atts []*attachment
 	// +checklocks:mu
+	pruneAt int
+	// +checklocks:mu
 	plain []nke.Attachment
+	// +checklocks:mu
+	prunePlainAt int
 	// +checklocks:mu
 	controls []*control
 	// +checklocks:mu
@@ -199,16 +203,36 @@ type instance struct {
 
 func (inst *instance) id() string { return inst.b.Manifest.ID }
 
+// addAttachment records a; attachments that are done are dropped from
+// the list as it grows (an NKE such as churn attaches and detaches all
+// the time).
 func (inst *instance) addAttachment(a *attachment) {
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
+	if len(inst.atts) >= inst.pruneAt {
+		inst.atts = slices.DeleteFunc(inst.atts, func(a *attachment) bool { return isClosed(a.done) })
+		inst.pruneAt = max(16, 2*len(inst.atts))
+	}
 	inst.atts = append(inst.atts, a)
 }
 
 func (inst *instance) addPlain(a nke.Attachment) {
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
+	if len(inst.plain) >= inst.prunePlainAt {
+		inst.plain = slices.DeleteFunc(inst.plain, func(a nke.Attachment) bool { return isClosed(a.Done()) })
+		inst.prunePlainAt = max(16, 2*len(inst.plain))
+	}
 	inst.plain = append(inst.plain, a)
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 func (inst *instance) addControl(c *control) {
