@@ -6,6 +6,11 @@
 GO    ?= go
 NKEVM := out/nkevm
 ARGS  ?=
+# The NKEs the guest loads at boot: a preference file or a comma-separated
+# list, e.g. make run NKES='com.example.ipfw block in proto icmp,com.example.tcplog'
+# (default nke/bundles/boot.nkes; docs/loader.md has the format).
+NKES  ?=
+export NKES
 # Which VM tests: go test -run and -skip patterns, passed verbatim ($ and
 # | included), e.g. make vmtest VMTEST_RUN=TestTapMTU; VMTESTFLAGS holds
 # other go test flags, e.g. -v.

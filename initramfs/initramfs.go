@@ -61,10 +61,20 @@ type Config struct {
 	// Files are extra files; their parent directories are added as
 	// needed.
 	Files []File
+	// Wasm are WebAssembly NKE modules built from Go main packages with
+	// the standard toolchain (GOOS=wasip1, -buildmode=c-shared) into the
+	// archive: the bundles' Contents/WebAssembly files.
+	Wasm []WasmModule
 	// BuildFlags are extra `go build` flags, e.g. "-cover".
 	BuildFlags []string
 	// Progress receives one line per build; nil means none.
 	Progress io.Writer
+}
+
+// WasmModule is a Go main package built as a WebAssembly module.
+type WasmModule struct {
+	Path string // absolute guest path
+	Main string // the package, relative to ModuleDir ("./nke/wasm/examples/wasmfw")
 }
 
 // Image is a built archive.
@@ -128,7 +138,21 @@ func Build(ctx context.Context, cfg Config) (Image, error) {
 			return Image{}, err
 		}
 	}
-	entries, err := plan(img.Init, cfg.Files)
+	files := cfg.Files
+	for _, w := range cfg.Wasm {
+		if !isLocalPath(w.Main) {
+			return Image{}, fmt.Errorf("initramfs: wasm module %s: want a package directory relative to the module (./...)", w.Main)
+		}
+		bin := out + ".wasm/" + filepath.Base(w.Main) + ".wasm"
+		if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+			return Image{}, fmt.Errorf("creating the wasm build directory: %w", err)
+		}
+		if err := goBuildWasm(ctx, modDir, w.Main, bin); err != nil {
+			return Image{}, err
+		}
+		files = append(files, File{Path: w.Path, Source: bin, Mode: 0o644})
+	}
+	entries, err := plan(img.Init, files)
 	if err != nil {
 		return Image{}, err
 	}
@@ -202,6 +226,21 @@ func goBuild(ctx context.Context, dir, main, out, buildvcs string, extra []strin
 		}
 		return fmt.Errorf("building the guest init failed (go %s, in %s): %w\n%s",
 			strings.Join(args, " "), dir, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// goBuildWasm builds a WebAssembly NKE module as make wasm does.
+func goBuildWasm(ctx context.Context, dir, main, out string) error {
+	args := []string{"build", "-trimpath", "-buildvcs=false", "-buildmode=c-shared", "-o", out, main}
+	c := exec.CommandContext(ctx, "go", args...)
+	c.Dir = dir
+	c.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
+	var stderr bytes.Buffer
+	c.Stdout, c.Stderr = &stderr, &stderr
+	if err := c.Run(); err != nil {
+		return fmt.Errorf("building the wasm module %s failed (GOOS=wasip1 GOARCH=wasm go %s, in %s): %w\n%s",
+			main, strings.Join(args, " "), dir, err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
 }

@@ -235,3 +235,25 @@ func TestBuildWithoutVCSStatus(t *testing.T) {
 		t.Errorf("no archive: %v", err)
 	}
 }
+
+func TestBuildWasm(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "initramfs.cpio")
+	const guest = "/lib/nke/Trap.nke/Contents/WebAssembly/trap.wasm"
+	_, err := Build(context.Background(), Config{Main: tinyMain(t, "hello"), Output: out,
+		Wasm: []WasmModule{{Path: guest, Main: "./nke/wasm/examples/trap"}}})
+	if err != nil {
+		t.Fatalf("Build: %v", err)
+	}
+	got, _ := readArchive(t, out)
+	m, ok := got[strings.TrimPrefix(guest, "/")]
+	if !ok {
+		t.Fatalf("no %s in the archive", guest)
+	}
+	if !strings.HasPrefix(m.Data, "\x00asm") || m.Mode != "-rw-r--r--" {
+		t.Errorf("%s: mode %s, starts % x; want a WebAssembly module, 0644", guest, m.Mode, m.Data[:min(8, len(m.Data))])
+	}
+	if _, err := Build(context.Background(), Config{Main: tinyMain(t, "hello"), Output: out,
+		Wasm: []WasmModule{{Path: guest, Main: "github.com/x/y"}}}); err == nil || !strings.Contains(err.Error(), "relative to the module") {
+		t.Errorf("an import path as a wasm module: %v", err)
+	}
+}

@@ -25,7 +25,7 @@ import (
 	"github.com/nke-harness/nke/kernel/services"
 	"github.com/nke-harness/nke/kernel/sockfilter"
 	"github.com/nke-harness/nke/nke"
-	"github.com/nke-harness/nke/nke/builtin"
+	"github.com/nke-harness/nke/nke/loader"
 	"github.com/nke-harness/nke/virtio"
 	"github.com/nke-harness/nke/virtio/virtionet"
 	"github.com/nke-harness/nke/virtio/virtiopci"
@@ -51,15 +51,13 @@ type Settings struct {
 	// DeepSleep is the poll loop's longest idle sleep (nke.deep_sleep_us,
 	// default 4000): receive latency after a quiet spell vs. host CPU.
 	DeepSleep time.Duration
-	// Load are the built-in NKEs to start, in order (nke.load=ethlog,
-	// etherecho); each gets its own setting (nke.ethlog=print) as args.
-	Load []LoadNKE
-}
-
-// LoadNKE is a built-in NKE to start at boot with its arguments.
-type LoadNKE struct {
-	Module nke.Module
-	Args   string
+	// Load are boot preference lines from the kernel command line, loaded
+	// after the image's preference file: nke.load=ethlog,ipfw names
+	// bundles (short built-in names, ids or Name.nke folders), each
+	// started with its own setting (nke.ipfw=...) if given instead of its
+	// manifest's. For tests and one-off boots; `make run NKES=...` writes
+	// the image's file.
+	Load []loader.Pref
 }
 
 // ReadSettings parses the settings through lookup (initproc.Setting in the
@@ -122,13 +120,21 @@ func ReadSettings(lookup func(string) (string, bool)) (Settings, error) {
 		s.PCI = v
 	}
 	if v, ok := lookup("nke.load"); ok {
-		ms, err := builtin.ParseList(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("nke.load: %w", err))
-		}
-		for _, m := range ms {
-			args, _ := lookup("nke." + m.Name)
-			s.Load = append(s.Load, LoadNKE{Module: m, Args: args})
+		seen := map[string]bool{}
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name == "" {
+				continue
+			}
+			if err := nke.CheckName(name); err != nil || seen[name] {
+				errs = append(errs, fmt.Errorf("nke.load: %q: want distinct bundle names (ipfw, com.example.ipfw or IPFirewall.nke)", name))
+				continue
+			}
+			seen[name] = true
+			p := loader.Pref{Line: len(s.Load) + 1, Name: name}
+			if args, ok := lookup("nke." + name); ok {
+				p.Settings, p.HasSettings = args, true
+			}
+			s.Load = append(s.Load, p)
 		}
 	}
 	return s, errors.Join(errs...)
@@ -181,14 +187,18 @@ type Guest struct {
 	ifp *ifnet.Interface
 	st  *netstack.Stack
 	svc *services.Services
-	// sockets is the socket layer's filter registry; nkes the started
-	// NKEs, in start order.
+	// sockets is the socket layer's filter registry; loader the loaded
+	// NKEs.
 	sockets *sockfilter.Registry
-	nkes    nkeSet
+	loader  *loader.Loader
+	// builtins replaces builtin.Lookup in tests.
+	builtins func(string) (nke.Module, error)
 	// events is the kernel event stream; ctl the kernel-control
 	// endpoints NKEs register.
 	events *kevent.Bus
 	ctl    *kctl.Registry
+	// capture is the live captures nkectl runs.
+	capture capturing
 }
 
 // Events is the kernel event stream (`nkectl events`): the loader
@@ -287,7 +297,10 @@ func Boot(logf func(string, ...any)) (*Guest, error) {
 		g.events.Publish(kevent.Event{Kind: kevent.Fault, NKE: f.Filter, Hook: f.Hook, Detail: fmt.Sprint(f.Value)})
 	})
 	g.sockets.SetEvents(g.events)
-	if err := g.startNKEs(logf); err != nil {
+	if g.loader, err = g.newLoader(logf); err != nil {
+		return nil, err
+	}
+	if err := g.bootNKEs(); err != nil {
 		return nil, err
 	}
 	g.ifp.Start()
@@ -348,7 +361,7 @@ func (g *Guest) Shutdown() {
 	if g.svc != nil {
 		g.svc.Close()
 	}
-	g.stopNKEs()
+	g.unloadAll()
 	if g.st != nil {
 		g.st.Shutdown()
 	}
@@ -373,7 +386,7 @@ func (g *Guest) command(line string) {
 		writeText(&b, g.Status())
 		initproc.Logf("%s", b.String())
 	case "help":
-		initproc.Logf("commands: stats, nke [list | start NAME [ARGS] | stop NAME], help, poweroff, reboot")
+		initproc.Logf("commands: stats, nke [list | load NAME [SETTINGS] | unload NAME [force]], help, poweroff, reboot")
 	default:
 		if f := strings.Fields(line); len(f) > 0 && f[0] == "nke" {
 			g.nkeCommand(f[1:])

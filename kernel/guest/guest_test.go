@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/nke-harness/nke/nke/loader"
 	"github.com/nke-harness/nke/virtio"
 	"github.com/nke-harness/nke/virtio/virtionet"
 )
@@ -39,7 +40,7 @@ func TestReadSettings(t *testing.T) {
 		{"bad number", map[string]string{"nke.rxq": "-1"}, Settings{}, "nke.rxq"},
 		{"huge number", map[string]string{"nke.hugepages": "99999"}, Settings{}, "nke.hugepages"},
 		{"unknown feature", map[string]string{"nke.refuse": "WARP_DRIVE"}, Settings{}, "WARP_DRIVE"},
-		{"unknown NKE", map[string]string{"nke.load": "ethlog,warp"}, Settings{}, `nke.load: no built-in NKE "warp"`},
+		{"NKE twice", map[string]string{"nke.load": "ethlog,ethlog"}, Settings{}, `nke.load: "ethlog": want distinct bundle names`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -66,12 +67,22 @@ func TestReadSettingsLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var names []string
-	for _, l := range got.Load {
-		names = append(names, l.Module.Name+"="+l.Args)
-	}
-	if diff := cmp.Diff([]string{"etherecho=", "ethlog=print"}, names); diff != "" {
+	want := []loader.Pref{{Line: 1, Name: "etherecho"}, {Line: 2, Name: "ethlog", Settings: "print", HasSettings: true}}
+	if diff := cmp.Diff(want, got.Load); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+// nke.load's names find bundles by built-in name, id and folder.
+func TestFindBundle(t *testing.T) {
+	for _, name := range []string{"ipfw", "com.example.ipfw", "IPFirewall.nke"} {
+		b, err := findBundle(name)
+		if err != nil || b.Manifest.ID != "com.example.ipfw" {
+			t.Errorf("%s: %v, %v", name, b, err)
+		}
+	}
+	if _, err := findBundle("warp"); err == nil || !strings.Contains(err.Error(), "IPFirewall.nke") {
+		t.Errorf("an unknown bundle: %v, want an error listing those there are", err)
 	}
 }
 

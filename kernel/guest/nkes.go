@@ -1,16 +1,25 @@
 package guest
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
 	"strings"
-	"sync"
+	"time"
 
 	"github.com/nke-harness/nke/kernel/initproc"
 	"github.com/nke-harness/nke/kernel/kevent"
 	"github.com/nke-harness/nke/kernel/sockfilter"
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/builtin"
+	"github.com/nke-harness/nke/nke/bundle"
+	"github.com/nke-harness/nke/nke/bundles"
+	"github.com/nke-harness/nke/nke/loader"
+	"github.com/nke-harness/nke/nke/loader/wasmbundle"
+	"github.com/nke-harness/nke/nke/wasm"
 )
 
 // kernel is what the guest offers an NKE as it starts (nke.Kernel), one
@@ -39,173 +48,231 @@ func (k *kernel) Logf(format string, args ...any) {
 	k.logf("%s: %s", k.name, fmt.Sprintf(format, args...))
 }
 
-type startedNKE struct {
-	mod  nke.Module
-	args string
-	stop func() error
+// loaderEvents maps the loader's event kinds onto the kernel's.
+var loaderEvents = map[string]kevent.Kind{
+	"load": kevent.NKELoaded, "unload": kevent.NKEUnloaded, "replace": kevent.NKEReplaced,
+	"load-failed": kevent.NKELoadFailed, "unload-failed": kevent.NKEUnloadFailed, "refused": kevent.CapabilityRefused,
 }
 
-// nkeSet is the started NKEs, shared by boot, the console and the status
-// page.
-type nkeSet struct {
-	mu sync.Mutex
-	// +checklocks:mu
-	list []startedNKE
+// builtin finds a built-in implementation: builtin.Lookup, unless a test
+// set builtins.
+func (g *Guest) builtin(name string) (nke.Module, error) {
+	if g.builtins != nil {
+		return g.builtins(name)
+	}
+	return builtin.Lookup(name)
 }
 
-// start starts m with args unless an NKE of that id runs already.
-func (g *Guest) startNKE(m nke.Module, args string, logf func(string, ...any)) error {
-	g.nkes.mu.Lock()
-	defer g.nkes.mu.Unlock()
-	for _, n := range g.nkes.list {
-		if n.mod.ID == m.ID {
-			return fmt.Errorf("NKE %s (%s) is running already", m.Name, m.ID)
+// newLoader makes the guest's loader: built-in NKEs and WebAssembly ones,
+// each started with a kernel of its own, unloads refused while their
+// control endpoints have clients.
+func (g *Guest) newLoader(logf func(string, ...any)) (*loader.Loader, error) {
+	return loader.New(loader.Config{
+		Kernel: func(owner string) nke.Kernel {
+			return &kernel{g: g, name: owner, owner: owner, logf: logf}
+		},
+		Builtin:     g.builtin,
+		WebAssembly: wasmbundle.LoaderWithFaults(wasm.Config{}, g.wasmFault),
+		Events: func(kind, id, msg string) {
+			k, ok := loaderEvents[kind]
+			if !ok {
+				k = kevent.NKELoadFailed
+				msg = kind + ": " + msg
+			}
+			g.events.Publish(kevent.Event{Kind: k, NKE: id, Detail: msg})
+		},
+		ControlClients: func(owner string) []string {
+			var out []string
+			for _, c := range g.ctl.Clients(owner) {
+				out = append(out, c.String())
+			}
+			return out
+		},
+		DisconnectControl: func(owner string) {
+			g.ctl.DisconnectOwner(owner, errors.New("its NKE was unloaded by force"))
+		},
+		Logf: logf,
+	})
+}
+
+// wasmFault reports a WebAssembly NKE that trapped, ran away or misused
+// the ABI (its filters are detached already: traffic goes on without it)
+// and unloads its bundle, off the data path.
+func (g *Guest) wasmFault(id string, f *wasm.Fault) {
+	g.events.Publish(kevent.Event{Kind: kevent.Fault, NKE: id, Detail: f.Error() + " (unloading it)"})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := g.loader.Unload(ctx, id, true); err != nil && !errors.Is(err, loader.ErrNotLoaded) {
+			initproc.Logf("%s faulted, and its unload failed: %v", id, err)
+		}
+	}()
+}
+
+// findBundle returns the bundle name names: a folder name
+// ("IPFirewall.nke"), a bundle id ("com.example.ipfw") or a built-in's
+// short name ("ipfw", as nke.load names them), from the image's bundle
+// folder (bundles.ImageDir, WebAssembly modules built), else from those
+// compiled in.
+func findBundle(name string) (*bundle.Bundle, error) {
+	all, errs := imageBundles()
+	for _, match := range []func(*bundle.Bundle) bool{
+		func(b *bundle.Bundle) bool { return b.Name == name || b.Manifest.ID == name },
+		func(b *bundle.Bundle) bool { return b.Manifest.Harness.Builtin == name },
+	} {
+		for _, b := range all {
+			if match(b) {
+				return b, nil
+			}
 		}
 	}
-	stop, err := m.Start(&kernel{g: g, name: m.Name, owner: m.ID, logf: logf}, args)
+	names := make([]string, len(all))
+	for i, b := range all {
+		names[i] = b.Name
+	}
+	sort.Strings(names)
+	err := fmt.Errorf("no bundle %q in the image (it has %s)", name, strings.Join(names, ", "))
+	if errs != nil {
+		err = fmt.Errorf("%w; unreadable: %w", err, errs)
+	}
+	return nil, err
+}
+
+// bootPrefs are the boot preference file's lines (bundles.ImageBootFile,
+// else the compiled-in default) followed by the kernel command line's
+// nke.load ones.
+func (g *Guest) bootPrefs() ([]loader.Pref, error) {
+	file := bundles.ImageBootFile
+	data, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		file, data, err = "boot.nkes (built in)", bundles.Boot(), nil
+	}
 	if err != nil {
-		// A failed start attached nothing; endpoints it left are removed.
-		g.ctl.RemoveOwner(m.ID)
-		return fmt.Errorf("start NKE %s (%s): %w", m.Name, m.ID, err)
+		return nil, err
 	}
-	g.nkes.list = append(g.nkes.list, startedNKE{mod: m, args: args, stop: stop})
-	logf("NKE %s started (%s): %s", m.Name, m.ID, m.Doc)
-	g.events.Publish(kevent.Event{Kind: kevent.NKELoaded, NKE: m.ID, Detail: m.Name})
+	prefs, err := loader.ParsePrefs(file, data)
+	if err != nil {
+		return nil, err
+	}
+	return append(prefs, g.Settings.Load...), nil
+}
+
+// bootNKEs loads the boot preferences' NKEs in order. One that fails
+// stops the boot: a test or a user asked for it, and a guest without it
+// would pass traffic it was meant to filter.
+func (g *Guest) bootNKEs() error {
+	prefs, err := g.bootPrefs()
+	if err != nil {
+		return fmt.Errorf("boot preferences: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := g.loader.Boot(ctx, prefs, findBundle); err != nil {
+		g.unloadAll()
+		return err
+	}
 	return nil
 }
 
-// startNKEs starts the NKEs the command line names, in order. One that
-// fails to start stops the boot: a test or a user asked for it, and a
-// guest without it would pass traffic it was meant to filter.
-func (g *Guest) startNKEs(logf func(string, ...any)) error {
-	for _, l := range g.Settings.Load {
-		if err := g.startNKE(l.Module, l.Args, logf); err != nil {
-			g.stopNKEs()
-			return err
-		}
+// unloadAll unloads every NKE, newest first, dependants before what they
+// depend on, control clients disconnected.
+func (g *Guest) unloadAll() {
+	if g.loader == nil {
+		return
 	}
-	return nil
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := g.loader.UnloadAll(ctx); err != nil {
+		initproc.Logf("unloading the NKEs: %v", err)
+	}
 }
 
-// stopNKE stops the started NKE of that name or id. It is refused while
-// control clients are connected to the NKE's endpoints (kern_ctl's
-// EBUSY) unless force, which disconnects them first. A stop that fails
-// keeps it running (Apple: a failing stop keeps the kext loaded).
-func (g *Guest) stopNKE(name string, force bool) error {
-	g.nkes.mu.Lock()
-	defer g.nkes.mu.Unlock()
-	for i, n := range g.nkes.list {
-		if n.mod.Name != name && n.mod.ID != name {
-			continue
-		}
-		if err := g.unloadControls(n.mod.ID, force); err != nil {
-			return fmt.Errorf("stop NKE %s: %w (still running)", n.mod.Name, err)
-		}
-		if err := n.stop(); err != nil {
-			g.ctl.SetRefusing(n.mod.ID, false)
-			return fmt.Errorf("stop NKE %s: %w (still running)", n.mod.Name, err)
-		}
-		g.afterStop(n.mod)
-		g.nkes.list = append(g.nkes.list[:i], g.nkes.list[i+1:]...)
+// started lists the loaded NKEs for the status page.
+func (g *Guest) started() []StartedNKE {
+	if g.loader == nil {
 		return nil
 	}
-	return fmt.Errorf("no NKE %q is running", name)
-}
-
-// stopNKEs stops them all, newest first.
-func (g *Guest) stopNKEs() {
-	g.nkes.mu.Lock()
-	defer g.nkes.mu.Unlock()
-	for i := len(g.nkes.list) - 1; i >= 0; i-- {
-		n := g.nkes.list[i]
-		if err := g.unloadControls(n.mod.ID, true); err == nil {
-			if err := n.stop(); err != nil {
-				initproc.Logf("NKE %s: stop: %v", n.mod.Name, err)
-			}
-		}
-		g.afterStop(n.mod)
-	}
-	g.nkes.list = nil
-}
-
-// unloadControls refuses an unload while clients are connected to the
-// NKE's control endpoints, naming them, or with force disconnects them;
-// either way new clients are refused until afterStop (or, if the stop
-// fails, SetRefusing off).
-func (g *Guest) unloadControls(owner string, force bool) error {
-	g.ctl.SetRefusing(owner, true)
-	if cl := g.ctl.Clients(owner); len(cl) > 0 {
-		if !force {
-			g.ctl.SetRefusing(owner, false)
-			names := make([]string, len(cl))
-			for i, c := range cl {
-				names[i] = c.String()
-			}
-			return fmt.Errorf("%w: %s (disconnect them, or force the unload)", nke.ErrBusy, strings.Join(names, ", "))
-		}
-		g.ctl.DisconnectOwner(owner, errors.New("its NKE was unloaded by force"))
-	}
-	return nil
-}
-
-// afterStop removes the endpoints a stopped NKE left registered and
-// publishes the unload.
-func (g *Guest) afterStop(m nke.Module) {
-	if left := g.ctl.RemoveOwner(m.ID); len(left) > 0 {
-		initproc.Logf("NKE %s: stopped with control endpoints registered: %s (removed)", m.Name, strings.Join(left, ", "))
-	}
-	g.ctl.SetRefusing(m.ID, false)
-	g.events.Publish(kevent.Event{Kind: kevent.NKEUnloaded, NKE: m.ID, Detail: m.Name})
-}
-
-// started lists the running NKEs for the status page.
-func (g *Guest) started() []StartedNKE {
-	g.nkes.mu.Lock()
-	defer g.nkes.mu.Unlock()
 	var out []StartedNKE
-	for _, n := range g.nkes.list {
-		out = append(out, StartedNKE{Name: n.mod.Name, ID: n.mod.ID, Args: n.args})
+	for _, r := range g.loader.Stat() {
+		out = append(out, StartedNKE{Name: r.Bundle, ID: r.ID, Version: r.Version, Args: r.Settings})
 	}
 	return out
 }
 
-// nkeCommand is the console's `nke` command: list, start NAME [ARGS],
-// stop NAME (until the loader and nkectl exist, how a test or a user
-// loads and unloads a built-in NKE while the guest runs).
+// resolveLoaded maps a console name (id, folder or built-in short name)
+// to a loaded bundle's id.
+func (g *Guest) resolveLoaded(name string) string {
+	for _, r := range g.loader.Stat() {
+		if r.ID == name || r.Bundle == name {
+			return r.ID
+		}
+	}
+	if b, err := findBundle(name); err == nil {
+		return b.Manifest.ID
+	}
+	return name
+}
+
+// nkeCommand is the console's `nke` command: list, load NAME [SETTINGS],
+// unload NAME [force] (start and stop are the old names), for a user at
+// the console; nkectl does the same over the control channel.
 func (g *Guest) nkeCommand(args []string) {
-	usage := "usage: nke list | nke start NAME [ARGS] | nke stop NAME [force]"
+	usage := "usage: nke list | nke load NAME [SETTINGS] | nke unload NAME [force]"
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
 	switch {
 	case len(args) == 0 || args[0] == "list":
 		var names []string
 		for _, n := range g.started() {
-			names = append(names, n.Name)
+			names = append(names, n.ID)
 		}
-		initproc.Logf("nke: running: %s; built in: %s", strings.Join(names, ", "), strings.Join(builtinNames(), ", "))
-	case args[0] == "start" && len(args) >= 2:
-		m, err := builtin.Lookup(args[1])
+		var avail []string
+		all, _ := imageBundles()
+		for _, b := range all {
+			avail = append(avail, b.Name)
+		}
+		initproc.Logf("nke: loaded: %s; in the image: %s", strings.Join(names, ", "), strings.Join(avail, ", "))
+	case (args[0] == "load" || args[0] == "start") && len(args) >= 2:
+		b, err := findBundle(args[1])
 		if err == nil {
-			err = g.startNKE(m, strings.Join(args[2:], " "), initproc.Logf)
+			opts := loader.Options{}
+			if len(args) > 2 {
+				opts = loader.Options{Settings: strings.Join(args[2:], " "), OverrideSettings: true}
+			}
+			err = g.loader.Load(ctx, b, opts)
 		}
 		if err != nil {
 			initproc.Logf("nke: %v", err)
 		}
-	case args[0] == "stop" && (len(args) == 2 || len(args) == 3 && args[2] == "force"):
-		if err := g.stopNKE(args[1], len(args) == 3); err != nil {
+	case (args[0] == "unload" || args[0] == "stop") && (len(args) == 2 || len(args) == 3 && args[2] == "force"):
+		if _, err := g.loader.Unload(ctx, g.resolveLoaded(args[1]), len(args) == 3); err != nil {
 			initproc.Logf("nke: %v", err)
 			return
 		}
-		initproc.Logf("nke: %s stopped", args[1])
+		initproc.Logf("nke: %s unloaded", args[1])
 	default:
 		initproc.Logf("nke: %s", usage)
 	}
 }
 
-func builtinNames() []string {
-	var out []string
-	for _, m := range builtin.Modules {
-		out = append(out, m.Name)
+// imageBundles are the bundles the image carries (the compiled-in ones
+// if it carries none), and what made others unreadable.
+func imageBundles() ([]*bundle.Bundle, error) {
+	dirs, _ := filepath.Glob(filepath.Join(bundles.ImageDir, "*.nke"))
+	if len(dirs) == 0 {
+		return bundles.All()
 	}
-	return out
+	var out []*bundle.Bundle
+	var errs []error
+	for _, d := range dirs {
+		b, err := bundle.ReadDir(d)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, b)
+	}
+	return out, errors.Join(errs...)
 }
 
 var _ nke.SocketHook = (*sockfilter.Registry)(nil)

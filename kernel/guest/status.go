@@ -55,9 +55,10 @@ type NKEStatus struct {
 
 // StartedNKE is an NKE the guest started.
 type StartedNKE struct {
-	Name string `json:"name"`
-	ID   string `json:"id"`
-	Args string `json:"args,omitempty"`
+	Name    string `json:"name"` // the bundle's folder
+	ID      string `json:"id"`
+	Version string `json:"version"`
+	Args    string `json:"args,omitempty"`
 }
 
 // CPUStatus is where the guest's CPU time went since boot: the harness

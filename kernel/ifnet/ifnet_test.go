@@ -164,6 +164,9 @@ func TestRecoveryAndLink(t *testing.T) {
 	r.dev.InjectUsedID(devmodel.RxQueue, 4000)
 	r.dev.Deliver(frame(0x0800, 1, 64))
 	waitFor(t, "recovery", func() bool { return r.ifp.Stats().Recoveries == 1 })
+	// The count goes up as the recovery starts: a NEEDS_RESET set before
+	// its reset is done would be cleared by it, and never seen.
+	waitFor(t, "the first recovery's end", func() bool { return strings.Count(r.logs.String(), "running again") == 1 })
 	r.dev.SetNeedsReset()
 	waitFor(t, "second recovery", func() bool { return r.ifp.Stats().Recoveries == 2 })
 	// The driver belongs to the poll loop; ask the device, not the driver.

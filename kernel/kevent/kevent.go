@@ -37,11 +37,16 @@ const (
 	InjectLoop                        // an injection past nke.MaxInjections was dropped
 	ControlConnect                    // a kernel-control client connected
 	ControlDisconnect                 // and went
+	NKEReplaced                       // the loader swapped a bundle for another version
+	NKELoadFailed                     // a load (or replace) was refused or its start failed
+	NKEUnloadFailed                   // an unload's stop failed: the NKE stays loaded
+	CapabilityRefused                 // an NKE tried what its manifest's capabilities do not allow
 	numKinds
 )
 
 var kindNames = [...]string{"", "nke-loaded", "nke-unloaded", "attached", "detached", "fault",
-	"link-up", "link-down", "inject-loop", "ctl-connect", "ctl-disconnect"}
+	"link-up", "link-down", "inject-loop", "ctl-connect", "ctl-disconnect",
+	"nke-replaced", "nke-load-failed", "nke-unload-failed", "refused"}
 
 func (k Kind) String() string {
 	if k > 0 && k < numKinds {

@@ -39,9 +39,9 @@ func TestLoadSetOrderAndStat(t *testing.T) {
 	}
 	rows := r.l.Stat()
 	want := []Row{
-		{Index: 1, Refs: 1, ID: "com.c", Version: "1.0", Kind: "builtin", Layer: "ip", Attachment: "ip inet,inet6", Order: "default", Capabilities: []string{"observe"}, Attached: 1, Bundle: "com.c.nke"},
-		{Index: 2, Refs: 1, ID: "com.b", Version: "1.2", Kind: "builtin", Layer: "ip", Attachment: "ip inet,inet6", Order: "default", Depends: []string{"com.c"}, Capabilities: []string{"observe"}, Attached: 1, Bundle: "com.b.nke"},
-		{Index: 3, Refs: 0, ID: "com.a", Version: "1.0", Kind: "builtin", Layer: "ip", Attachment: "ip inet,inet6", Order: "priority -3, after com.b", Depends: []string{"com.b"}, Capabilities: []string{"observe"}, Attached: 1, Bundle: "com.a.nke"},
+		{Index: 1, Refs: 1, ID: "com.c", Version: "1.0", Kind: "builtin", Layer: "ip", Attachment: "ip inet,inet6", Order: "default", Capabilities: []string{"observe"}, Attached: 1, Filters: []string{"com.c"}, Bundle: "com.c.nke"},
+		{Index: 2, Refs: 1, ID: "com.b", Version: "1.2", Kind: "builtin", Layer: "ip", Attachment: "ip inet,inet6", Order: "default", Depends: []string{"com.c"}, Capabilities: []string{"observe"}, Attached: 1, Filters: []string{"com.b"}, Bundle: "com.b.nke"},
+		{Index: 3, Refs: 0, ID: "com.a", Version: "1.0", Kind: "builtin", Layer: "ip", Attachment: "ip inet,inet6", Order: "priority -3, after com.b", Depends: []string{"com.b"}, Capabilities: []string{"observe"}, Attached: 1, Filters: []string{"com.a"}, Bundle: "com.a.nke"},
 	}
 	if d := cmp.Diff(want, rows); d != "" {
 		t.Errorf("Stat -want +got:\n%s", d)

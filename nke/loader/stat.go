@@ -3,6 +3,7 @@ package loader
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -38,8 +39,10 @@ type Row struct {
 	// Capabilities are the manifest's.
 	Capabilities []string
 	// Attached counts its live attachments (filters, protocols, socket
-	// filter registrations).
+	// filter registrations); Filters are their names, as the hooks'
+	// chains and counters show them.
 	Attached int
+	Filters  []string
 	// Settings are what it was started with; Bundle the folder it came
 	// from.
 	Settings, Bundle string
@@ -65,6 +68,7 @@ func (l *Loader) Stat() []Row {
 		for _, a := range inst.atts {
 			if !a.detachedYet() {
 				r.Attached++
+				r.Filters = appendOnce(r.Filters, a.Name())
 			}
 		}
 		for _, a := range inst.plain {
@@ -72,12 +76,22 @@ func (l *Loader) Stat() []Row {
 			case <-a.Done():
 			default:
 				r.Attached++
+				r.Filters = appendOnce(r.Filters, a.Name())
 			}
 		}
 		inst.mu.Unlock()
 		rows = append(rows, r)
 	}
 	return rows
+}
+
+// appendOnce appends name unless names has it (an IP filter attaches
+// once per family under one name).
+func appendOnce(names []string, name string) []string {
+	if slices.Contains(names, name) {
+		return names
+	}
+	return append(names, name)
 }
 
 // AttachmentString describes where a manifest says its NKE attaches.

@@ -55,6 +55,7 @@ var (
 			{Command: "ping", Package: "iputils-ping"},
 			{Command: "curl", Package: "curl"},
 			{Command: "nc.openbsd", Package: "netcat-openbsd"},
+			{Command: "tshark", Package: "tshark"},
 		},
 	}
 )

@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 
 	"github.com/nke-harness/nke/initramfs"
@@ -39,6 +41,7 @@ flags:
 type flags struct {
 	kernel, qemu, init, image, accel string
 	append                           string
+	nkes                             string
 	env                              multi
 	httpPort, echoPort, cpus, memMB  int
 	initArgs                         []string
@@ -114,6 +117,7 @@ func newFlagSet(f *flags) *flag.FlagSet {
 	fs.StringVar(&f.image, "image", "", "initramfs output path (default "+initramfs.DefaultOutput+" in the repository)")
 	fs.StringVar(&f.accel, "accel", "auto", "auto, kvm or tcg")
 	fs.StringVar(&f.append, "append", "", "extra kernel parameters, e.g. loglevel=7 (default $"+hostvm.EnvAppend+")")
+	fs.StringVar(&f.nkes, "nkes", "", "the NKEs to load at boot: a preference file, or bundles comma-separated, each with optional settings (default $NKES, else nke/bundles/boot.nkes)")
 	fs.Var(&f.env, "env", "KEY=VALUE for the guest init's environment (repeatable)")
 	fs.IntVar(&f.httpPort, "http-port", 0, fmt.Sprintf("host port for guest :%d (default $%s, else %d)", hostvm.GuestHTTPPort, hostvm.EnvHTTPPort, hostvm.DefaultHTTPPort))
 	fs.IntVar(&f.echoPort, "echo-port", 0, fmt.Sprintf("host port for guest :%d (default $%s, else %d)", hostvm.GuestEchoPort, hostvm.EnvEchoPort, hostvm.DefaultEchoPort))
@@ -132,6 +136,9 @@ func parse(fs *flag.FlagSet, f *flags, args []string) error {
 	}
 	if f.append == "" {
 		f.append = os.Getenv(hostvm.EnvAppend)
+	}
+	if f.nkes == "" {
+		f.nkes = os.Getenv("NKES")
 	}
 	var err error
 	if f.httpPort == 0 {
@@ -306,8 +313,36 @@ func kernel(ctx context.Context, f *flags) (hostvm.Kernel, error) {
 	return hostvm.EnsureKernel(ctx, os.Stderr)
 }
 
+// image builds the initramfs with the bundles and the boot preference
+// file (-nkes).
 func image(ctx context.Context, f *flags) (initramfs.Image, error) {
-	return initramfs.Build(ctx, initramfs.Config{Main: f.init, Output: f.image, Progress: os.Stderr})
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return initramfs.Image{}, err
+	}
+	prefs, err := hostvm.BootPrefs(root, f.nkes)
+	if err != nil {
+		return initramfs.Image{}, fmt.Errorf("-nkes: %w", err)
+	}
+	files, wasm, err := hostvm.ImageBundles(root, prefs)
+	if err != nil {
+		return initramfs.Image{}, err
+	}
+	return initramfs.Build(ctx, initramfs.Config{ModuleDir: root, Main: f.init, Output: f.image, Files: files, Wasm: wasm, Progress: os.Stderr})
+}
+
+// moduleRoot is the repository's root: the Go module of the working
+// directory.
+func moduleRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("finding the repository (go env GOMOD): %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("run nkevm from the repository (its Go module holds the guest and the bundles)")
+	}
+	return filepath.Dir(gomod), nil
 }
 
 // qemuPath is -qemu if given, else $NKE_QEMU or PATH, installing QEMU

@@ -21,7 +21,16 @@ import (
 // Loader returns a loader.Config.WebAssembly function compiling modules
 // with cfg.
 func Loader(cfg wasm.Config) func(b *bundle.Bundle, file string) (nke.Module, error) {
-	return func(b *bundle.Bundle, file string) (nke.Module, error) { return Module(b, file, cfg) }
+	return LoaderWithFaults(cfg, nil)
+}
+
+// LoaderWithFaults is Loader telling onFault (if not nil) of a module
+// that trapped, ran away or misused the ABI, once its filters are
+// detached: the guest unloads the bundle (a faulted module does nothing
+// more) and reports it. onFault runs on the data path: it must not
+// block.
+func LoaderWithFaults(cfg wasm.Config, onFault func(id string, f *wasm.Fault)) func(b *bundle.Bundle, file string) (nke.Module, error) {
+	return func(b *bundle.Bundle, file string) (nke.Module, error) { return module(b, file, cfg, onFault) }
 }
 
 // Spec maps a manifest onto where nke/wasm attaches the module.
@@ -44,6 +53,10 @@ func Spec(m *bundle.Manifest) (wasm.Spec, error) {
 
 // Module compiles b's WebAssembly file and returns it as a module.
 func Module(b *bundle.Bundle, file string, cfg wasm.Config) (nke.Module, error) {
+	return module(b, file, cfg, nil)
+}
+
+func module(b *bundle.Bundle, file string, cfg wasm.Config, onFault func(string, *wasm.Fault)) (nke.Module, error) {
 	code, err := b.WebAssemblyModule()
 	if err != nil {
 		return nke.Module{}, err
@@ -54,6 +67,10 @@ func Module(b *bundle.Bundle, file string, cfg wasm.Config) (nke.Module, error) 
 	spec, err := Spec(b.Manifest)
 	if err != nil {
 		return nke.Module{}, err
+	}
+	if onFault != nil {
+		id := b.Manifest.ID
+		spec.Host.OnFault = func(f *wasm.Fault) { onFault(id, f) }
 	}
 	name := strings.TrimSuffix(b.Name, ".nke")
 	return nke.Module{Name: name, ID: b.Manifest.ID, Doc: "WebAssembly NKE " + file,

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nke-harness/nke/nke"
 	"github.com/nke-harness/nke/nke/builtin"
@@ -165,5 +166,82 @@ func TestSpec(t *testing.T) {
 	s, err := Spec(m)
 	if err != nil || s.Layer != wasm.LayerInterface || s.Interface != "vt0" || s.Protocol != 0x0800 {
 		t.Errorf("Spec = %+v, %v", s, err)
+	}
+}
+
+// A module that traps is reported to LoaderWithFaults' callback with its
+// bundle's id once its filters are detached; the callback can unload it.
+func TestFaultReported(t *testing.T) {
+	fw, err := bundles.Find("IPFirewallWasm.nke")
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths, err := wasmtest.Build(t.TempDir(), "github.com/nke-harness/nke/nke/wasm/examples/trap")
+	if errors.Is(err, wasmtest.ErrNoToolchain) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, err := os.ReadFile(paths["trap"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := *fw.Manifest
+	m.ID, m.Harness.WebAssembly = "com.example.trap", "trap.wasm"
+	b := &bundle.Bundle{Name: "Trap.nke", Manifest: &m, Files: map[string][]byte{bundle.WebAssemblyDir + "/trap.wasm": code}}
+	ip := &nketest.IPHook{}
+	k := &nketest.Kernel{IPHook: ip, Controls: &nketest.Controls{}}
+	faults := make(chan string, 1)
+	var l *loader.Loader
+	l, err = loader.New(loader.Config{
+		Kernel:  func(string) nke.Kernel { return k },
+		Builtin: builtin.Lookup,
+		WebAssembly: LoaderWithFaults(wasm.Config{}, func(id string, f *wasm.Fault) {
+			if f.Kind != wasm.FaultTrap {
+				t.Errorf("fault %v, want a trap", f)
+			}
+			go func() {
+				_, err := l.Unload(ctx, id, true)
+				if err != nil {
+					t.Error(err)
+				}
+				faults <- id
+			}()
+		}),
+		Logf: t.Logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Load(ctx, b, loader.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := mbuf.NewPool(dma.NewHeap(1<<20), "wasmbundle-fault", 8, 2048, 128)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkt := pool.AllocPacket(28)
+	pkt.CopyBack(0, ip4(80))
+	defer pkt.Free()
+	for _, s := range ip.Attached() {
+		if s.Family == nke.IPv4 {
+			func() {
+				defer func() { recover() }() // the hook's fault policy
+				s.Filter.(nke.IPInputBurstFilter).FilterIPInputBurst([]*mbuf.Mbuf{pkt}, []int{20}, []uint8{6}, []nke.Verdict{nke.Continue})
+			}()
+			break
+		}
+	}
+	select {
+	case id := <-faults:
+		if id != "com.example.trap" {
+			t.Errorf("fault reported for %q", id)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the trap was never reported")
+	}
+	if rows := l.Stat(); len(rows) != 0 || len(ip.Attached()) != 0 {
+		t.Errorf("after the fault: loaded %+v, attached %d", rows, len(ip.Attached()))
 	}
 }
