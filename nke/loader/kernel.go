@@ -251,7 +251,7 @@ func (h *sockHook) RegisterSocketFilter(spec nke.SocketFilterSpec) (nke.Attachme
 		return nil, err
 	}
 	spec.Order = h.inst.order(spec.Order)
-	spec.Filter = &sockWrap{inst: h.inst, f: spec.Filter, sf: spec.Filter.(nke.SocketFilter)}
+	spec.Filter = sockWrapper(h.inst, spec.Filter)
 	a, err := h.h.RegisterSocketFilter(spec)
 	if err != nil {
 		return nil, err
