@@ -102,7 +102,7 @@ func (inst *instance) order(o nke.Order) nke.Order {
 func (inst *instance) attach(key string, filter any, detached func(),
 	wrap func(*slot, any) (any, string),
 	real func(wrapper any, detached func()) (nke.Attachment, error)) (nke.Attachment, error) {
-	im := &impl{inst: inst, filter: filter, detached: detached}
+	im := newImpl(inst, filter, detached)
 	s := &slot{key: key}
 	wrapper, form := wrap(s, filter)
 	s.form = form

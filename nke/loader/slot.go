@@ -35,12 +35,43 @@ type slot struct {
 	heir *attachment
 }
 
-// impl is one NKE filter behind a slot.
+// impl is one NKE filter behind a slot, with its callbacks asserted
+// once (nil where it has none).
 type impl struct {
 	inst     *instance
 	filter   any
 	detached func()
 	inflight atomic.Int64
+
+	ifIn    nke.InputFilter
+	ifInB   nke.InputBurstFilter
+	ifOut   nke.OutputFilter
+	ifOutB  nke.OutputBurstFilter
+	ifEvent nke.EventFilter
+	ifIoctl nke.IoctlFilter
+	ipIn    nke.IPInputFilter
+	ipInB   nke.IPInputBurstFilter
+	ipOut   nke.IPOutputFilter
+	ipOutB  nke.IPOutputBurstFilter
+	raw     nke.RawFilter
+	rawB    nke.RawBurstFilter
+}
+
+func newImpl(inst *instance, filter any, detached func()) *impl {
+	im := &impl{inst: inst, filter: filter, detached: detached}
+	im.ifIn, _ = filter.(nke.InputFilter)
+	im.ifInB, _ = filter.(nke.InputBurstFilter)
+	im.ifOut, _ = filter.(nke.OutputFilter)
+	im.ifOutB, _ = filter.(nke.OutputBurstFilter)
+	im.ifEvent, _ = filter.(nke.EventFilter)
+	im.ifIoctl, _ = filter.(nke.IoctlFilter)
+	im.ipIn, _ = filter.(nke.IPInputFilter)
+	im.ipInB, _ = filter.(nke.IPInputBurstFilter)
+	im.ipOut, _ = filter.(nke.IPOutputFilter)
+	im.ipOutB, _ = filter.(nke.IPOutputBurstFilter)
+	im.raw, _ = filter.(nke.RawFilter)
+	im.rawB, _ = filter.(nke.RawBurstFilter)
+	return im
 }
 
 // enter returns the impl to call, counted as in flight, or nil to pass
