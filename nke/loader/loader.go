@@ -322,11 +322,11 @@ func (inst *instance) refuse(capability, what string) error {
 }
 
 // verdict checks a filter's verdict against the capabilities: a packet
-// replaced without modify is dropped (the replacement freed by the
+// replaced (by another, not nil) without modify is dropped (the replacement freed by the
 // kernel; the original was the filter's to free, as with any
 // replacement), a drop or swallow without drop becomes continue.
 func (inst *instance) verdict(v nke.Verdict, orig, now *mbuf.Mbuf) nke.Verdict {
-	if !inst.can.modify && orig != now && orig != nil {
+	if !inst.can.modify && orig != now && orig != nil && now != nil {
 		inst.refusedOp(bundle.CapModify, "replace a packet")
 		return nke.Drop
 	}
