@@ -61,6 +61,37 @@ func (b *Bundle) WebAssemblyModule() ([]byte, error) {
 	return data, nil
 }
 
+// AddWebAssemblyFrom puts the bundle's WebAssembly module into its files
+// from fsys (a file of that name at fsys's top, as `make wasm` leaves
+// them in out/wasm/) if the bundle does not hold it yet. For a built-in
+// bundle it does nothing.
+func (b *Bundle) AddWebAssemblyFrom(fsys fs.FS) error {
+	f := b.Manifest.Harness.WebAssembly
+	if f == "" {
+		return nil
+	}
+	p := WebAssemblyDir + "/" + f
+	if _, ok := b.Files[p]; ok {
+		return nil
+	}
+	data, err := fs.ReadFile(fsys, f)
+	if err != nil {
+		return fmt.Errorf("%s: Contents/%s: %w (build it with `make wasm`)", b.Name, p, err)
+	}
+	total := len(data)
+	for _, d := range b.Files {
+		total += len(d)
+	}
+	if total > MaxSize || len(b.Files)+1 > MaxEntries {
+		return fmt.Errorf("%s: with %s the bundle is over its limits (%d bytes, %d files)", b.Name, f, MaxSize, MaxEntries)
+	}
+	if b.Files == nil {
+		b.Files = map[string][]byte{}
+	}
+	b.Files[p] = data
+	return nil
+}
+
 func checkName(name string) error {
 	if !strings.HasSuffix(name, ".nke") || len(name) <= len(".nke") || !validFileName(name) {
 		return fmt.Errorf("bundle: folder %q: want a name ending in .nke, like IPFirewall.nke", name)

@@ -198,3 +198,21 @@ func TestReadFS(t *testing.T) {
 		t.Errorf("ReadFS with a broken manifest: %v", err)
 	}
 }
+
+func TestAddWebAssemblyFrom(t *testing.T) {
+	b := testBundle(t)
+	delete(b.Files, "WebAssembly/fw.wasm")
+	if err := b.AddWebAssemblyFrom(fstest.MapFS{}); err == nil || !strings.Contains(err.Error(), "make wasm") {
+		t.Errorf("from an empty folder: %v", err)
+	}
+	if err := b.AddWebAssemblyFrom(fstest.MapFS{"fw.wasm": {Data: []byte("m")}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.WebAssemblyModule(); err != nil || string(got) != "m" {
+		t.Errorf("module %q, %v", got, err)
+	}
+	// Already there: kept.
+	if err := b.AddWebAssemblyFrom(fstest.MapFS{"fw.wasm": {Data: []byte("other")}}); err != nil || string(b.Files["WebAssembly/fw.wasm"]) != "m" {
+		t.Errorf("replaced the module: %v", err)
+	}
+}

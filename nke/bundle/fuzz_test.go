@@ -5,6 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 // seeds are the testdata files with the given extension.
@@ -43,6 +46,17 @@ func FuzzParseManifest(f *testing.F) {
 		}
 		if (m.Harness.Builtin == "") == (m.Harness.WebAssembly == "") {
 			t.Fatalf("accepted Builtin %q and WebAssembly %q", m.Harness.Builtin, m.Harness.WebAssembly)
+		}
+		out, err := MarshalManifest(m)
+		if err != nil {
+			t.Fatalf("MarshalManifest: %v", err)
+		}
+		back, err := ParseManifest("f.plist", out)
+		if err != nil {
+			t.Fatalf("the marshalled manifest does not parse: %v\n%s", err, out)
+		}
+		if d := cmp.Diff(m, back, cmpopts.EquateEmpty()); d != "" {
+			t.Fatalf("round trip -want +got:\n%s", d)
 		}
 	})
 }

@@ -217,3 +217,23 @@ func TestSatisfies(t *testing.T) {
 		}
 	}
 }
+
+func TestMarshalManifest(t *testing.T) {
+	for _, f := range []string{"full.plist", "minimal.plist", "socket.plist", "protocol.plist"} {
+		m, err := ParseManifest(f, readTestdata(t, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := MarshalManifest(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := ParseManifest(f, data)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", f, err, data)
+		}
+		if d := cmp.Diff(m, back); d != "" {
+			t.Errorf("%s: round trip -want +got:\n%s", f, d)
+		}
+	}
+}

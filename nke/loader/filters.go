@@ -49,7 +49,7 @@ func (w ifCommon) FilterEvent(ifp nke.Interface, proto uint16, ev nke.Event) {
 		return
 	}
 	defer im.exit()
-	if f, ok := im.filter.(nke.EventFilter); ok {
+	if f := im.ifEvent; f != nil {
 		f.FilterEvent(ifp, proto, ev)
 	}
 }
@@ -60,7 +60,7 @@ func (w ifCommon) FilterIoctl(ifp nke.Interface, proto uint16, cmd uint32, arg [
 		return nke.ErrNotMine
 	}
 	defer im.exit()
-	if f, ok := im.filter.(nke.IoctlFilter); ok {
+	if f := im.ifIoctl; f != nil {
 		return f.FilterIoctl(ifp, proto, cmd, arg)
 	}
 	return nke.ErrNotMine
@@ -74,7 +74,8 @@ func (w ifIn) FilterInput(ifp nke.Interface, proto uint16, m **mbuf.Mbuf, frame 
 		return nke.Continue
 	}
 	defer im.exit()
-	f, ok := im.filter.(nke.InputFilter)
+	f := im.ifIn
+	ok := f != nil
 	if !ok {
 		return nke.Continue
 	}
@@ -91,7 +92,8 @@ func (w ifInBurst) FilterInputBurst(ifp nke.Interface, pkts []*mbuf.Mbuf, frames
 		return
 	}
 	defer im.exit()
-	f, ok := im.filter.(nke.InputBurstFilter)
+	f := im.ifInB
+	ok := f != nil
 	if !ok {
 		return
 	}
@@ -109,7 +111,8 @@ func (w ifOut) FilterOutput(ifp nke.Interface, proto uint16, m **mbuf.Mbuf) nke.
 		return nke.Continue
 	}
 	defer im.exit()
-	f, ok := im.filter.(nke.OutputFilter)
+	f := im.ifOut
+	ok := f != nil
 	if !ok {
 		return nke.Continue
 	}
@@ -126,7 +129,8 @@ func (w ifOutBurst) FilterOutputBurst(ifp nke.Interface, pkts []*mbuf.Mbuf, verd
 		return
 	}
 	defer im.exit()
-	f, ok := im.filter.(nke.OutputBurstFilter)
+	f := im.ifOutB
+	ok := f != nil
 	if !ok {
 		return
 	}
@@ -185,7 +189,8 @@ func (w ipIn) FilterIPInput(m **mbuf.Mbuf, offset int, proto uint8) nke.Verdict 
 		return nke.Continue
 	}
 	defer im.exit()
-	f, ok := im.filter.(nke.IPInputFilter)
+	f := im.ipIn
+	ok := f != nil
 	if !ok {
 		return nke.Continue
 	}
@@ -202,7 +207,8 @@ func (w ipInBurst) FilterIPInputBurst(pkts []*mbuf.Mbuf, offsets []int, protos [
 		return
 	}
 	defer im.exit()
-	f, ok := im.filter.(nke.IPInputBurstFilter)
+	f := im.ipInB
+	ok := f != nil
 	if !ok {
 		return
 	}
@@ -220,7 +226,8 @@ func (w ipOut) FilterIPOutput(m **mbuf.Mbuf) nke.Verdict {
 		return nke.Continue
 	}
 	defer im.exit()
-	f, ok := im.filter.(nke.IPOutputFilter)
+	f := im.ipOut
+	ok := f != nil
 	if !ok {
 		return nke.Continue
 	}
@@ -237,7 +244,8 @@ func (w ipOutBurst) FilterIPOutputBurst(pkts []*mbuf.Mbuf, verdicts []nke.Verdic
 		return
 	}
 	defer im.exit()
-	f, ok := im.filter.(nke.IPOutputBurstFilter)
+	f := im.ipOutB
+	ok := f != nil
 	if !ok {
 		return
 	}
@@ -290,7 +298,8 @@ func (w rawOne) FilterRaw(ifp nke.Interface, frame []byte) nke.RawVerdict {
 		return nke.RawPass
 	}
 	defer im.exit()
-	f, ok := im.filter.(nke.RawFilter)
+	f := im.raw
+	ok := f != nil
 	if !ok {
 		return nke.RawPass
 	}
@@ -305,7 +314,8 @@ func (w rawBurst) FilterRawBurst(ifp nke.Interface, frames [][]byte, verdicts []
 		return
 	}
 	defer im.exit()
-	f, ok := im.filter.(nke.RawBurstFilter)
+	f := im.rawB
+	ok := f != nil
 	if !ok {
 		return
 	}

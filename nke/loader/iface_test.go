@@ -186,3 +186,30 @@ func TestReplaceInterfaceFilter(t *testing.T) {
 		t.Error("left attached")
 	}
 }
+
+// TestChurnDoesNotGrow: an NKE attaching and detaching all the time
+// leaves the loader's list of its attachments bounded.
+func TestChurnDoesNotGrow(t *testing.T) {
+	r := newRig(t, 0)
+	var k nke.Kernel
+	r.register(nke.Module{Name: "c", ID: "com.c", Start: func(kk nke.Kernel, _ string) (func() error, error) {
+		k = kk
+		return func() error { return nil }, nil
+	}})
+	must(t, r.l.Load(ctx, mk("com.c", "1.0", "1.0", "c", nil), Options{}))
+	for i := 0; i < 1000; i++ {
+		a, err := k.IP().AttachIPFilter(nke.IPFilterSpec{Name: "com.c", Family: nke.IPv4, Filter: &counter{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.Detach()
+		<-a.Done()
+	}
+	inst := r.l.find("com.c")
+	inst.mu.Lock()
+	n := len(inst.atts)
+	inst.mu.Unlock()
+	if n > 32 {
+		t.Errorf("%d attachments recorded after 1000 attach-detach cycles", n)
+	}
+}

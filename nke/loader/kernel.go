@@ -102,13 +102,14 @@ func (inst *instance) order(o nke.Order) nke.Order {
 func (inst *instance) attach(key string, filter any, detached func(),
 	wrap func(*slot, any) (any, string),
 	real func(wrapper any, detached func()) (nke.Attachment, error)) (nke.Attachment, error) {
-	im := &impl{inst: inst, filter: filter, detached: detached}
+	im := newImpl(inst, filter, detached)
 	s := &slot{key: key}
 	wrapper, form := wrap(s, filter)
 	s.form = form
 	if old := inst.takeSlot(key, form); old != nil {
 		a := &attachment{s: old, im: im, done: make(chan struct{})}
 		a.staged.Store(true)
+		old.bequeath(a)
 		inst.addAttachment(a)
 		return a, nil
 	}
@@ -250,7 +251,7 @@ func (h *sockHook) RegisterSocketFilter(spec nke.SocketFilterSpec) (nke.Attachme
 		return nil, err
 	}
 	spec.Order = h.inst.order(spec.Order)
-	spec.Filter = &sockWrap{inst: h.inst, f: spec.Filter, sf: spec.Filter.(nke.SocketFilter)}
+	spec.Filter = sockWrapper(h.inst, spec.Filter)
 	a, err := h.h.RegisterSocketFilter(spec)
 	if err != nil {
 		return nil, err

@@ -53,8 +53,8 @@ var (
 	ErrReplace = errors.New("loader: cannot replace")
 )
 
-// KPI ids the harness offers (OSBundleLibraries entries under
-// bundle.KPIPrefix), all at DefaultKPIVersion today.
+// DefaultKPIs are the KPI ids the harness offers (OSBundleLibraries
+// entries under bundle.KPIPrefix) and their versions, all 1.0 today.
 var DefaultKPIs = map[string]string{
 	bundle.KPIPrefix + "mbuf":    "1.0",
 	bundle.KPIPrefix + "raw":     "1.0",
@@ -188,7 +188,11 @@ type instance struct {
 	// +checklocks:mu
 	atts []*attachment
 	// +checklocks:mu
+	pruneAt int
+	// +checklocks:mu
 	plain []nke.Attachment
+	// +checklocks:mu
+	prunePlainAt int
 	// +checklocks:mu
 	controls []*control
 	// +checklocks:mu
@@ -199,16 +203,36 @@ type instance struct {
 
 func (inst *instance) id() string { return inst.b.Manifest.ID }
 
+// addAttachment records a; attachments that are done are dropped from
+// the list as it grows (an NKE such as churn attaches and detaches all
+// the time).
 func (inst *instance) addAttachment(a *attachment) {
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
+	if len(inst.atts) >= inst.pruneAt {
+		inst.atts = slices.DeleteFunc(inst.atts, func(a *attachment) bool { return isClosed(a.done) })
+		inst.pruneAt = max(16, 2*len(inst.atts))
+	}
 	inst.atts = append(inst.atts, a)
 }
 
 func (inst *instance) addPlain(a nke.Attachment) {
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
+	if len(inst.plain) >= inst.prunePlainAt {
+		inst.plain = slices.DeleteFunc(inst.plain, func(a nke.Attachment) bool { return isClosed(a.Done()) })
+		inst.prunePlainAt = max(16, 2*len(inst.plain))
+	}
 	inst.plain = append(inst.plain, a)
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 func (inst *instance) addControl(c *control) {
@@ -298,11 +322,11 @@ func (inst *instance) refuse(capability, what string) error {
 }
 
 // verdict checks a filter's verdict against the capabilities: a packet
-// replaced without modify is dropped (the replacement freed by the
+// replaced (by another, not nil) without modify is dropped (the replacement freed by the
 // kernel; the original was the filter's to free, as with any
 // replacement), a drop or swallow without drop becomes continue.
 func (inst *instance) verdict(v nke.Verdict, orig, now *mbuf.Mbuf) nke.Verdict {
-	if !inst.can.modify && orig != now && orig != nil {
+	if !inst.can.modify && orig != now && orig != nil && now != nil {
 		inst.refusedOp(bundle.CapModify, "replace a packet")
 		return nke.Drop
 	}

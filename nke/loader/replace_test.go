@@ -238,3 +238,56 @@ func TestReplaceControl(t *testing.T) {
 		t.Error("endpoint left after unload")
 	}
 }
+
+// TestReplaceWhileOldDetaches: the old version detaches its filter while
+// the new one is starting (as churn does all the time); the place in the
+// chain is kept for the new one, or given up if the new start fails.
+func TestReplaceWhileOldDetaches(t *testing.T) {
+	for _, fail := range []bool{false, true} {
+		r := newRig(t, 0)
+		var oldAtt nke.Attachment
+		var v1, v2 counter
+		r.register(nke.Module{Name: "o1", ID: "com.o", Start: func(k nke.Kernel, _ string) (func() error, error) {
+			a, err := k.IP().AttachIPFilter(nke.IPFilterSpec{Name: "com.o", Family: nke.IPv4, Filter: &v1, Detached: func() { v1.gone.Store(true) }})
+			oldAtt = a
+			return func() error { a.Detach(); <-a.Done(); return nil }, err
+		}})
+		r.register(nke.Module{Name: "o2", ID: "com.o", Start: func(k nke.Kernel, _ string) (func() error, error) {
+			a, err := k.IP().AttachIPFilter(nke.IPFilterSpec{Name: "com.o", Family: nke.IPv4, Filter: &v2})
+			if err != nil {
+				return nil, err
+			}
+			oldAtt.Detach() // the old version, concurrently, in its own loop
+			<-oldAtt.Done()
+			r.send(&mbuf.Mbuf{}) // between: passes, reaches neither
+			if fail {
+				a.Detach()
+				<-a.Done()
+				return nil, errors.New("fails")
+			}
+			return func() error { a.Detach(); <-a.Done(); return nil }, nil
+		}})
+		must(t, r.l.Load(ctx, mk("com.o", "1.0", "1.0", "o1", nil), Options{}))
+		_, err := r.l.Replace(ctx, mk("com.o", "2.0", "1.0", "o2", nil), false)
+		if fail {
+			if !errors.Is(err, ErrStart) || len(r.ip.Attached()) != 0 {
+				t.Errorf("failed replace: %v, %d attached", err, len(r.ip.Attached()))
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.ip.Attached()) != 1 {
+			t.Fatalf("%d attached", len(r.ip.Attached()))
+		}
+		r.send(&mbuf.Mbuf{})
+		if v1.seen.Load() != 0 || v2.seen.Load() != 1 || !v1.gone.Load() {
+			t.Errorf("v1 %d (gone %v), v2 %d", v1.seen.Load(), v1.gone.Load(), v2.seen.Load())
+		}
+		must(t, r.l.UnloadAll(ctx))
+		if len(r.ip.Attached()) != 0 {
+			t.Error("left attached")
+		}
+	}
+}

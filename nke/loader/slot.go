@@ -28,14 +28,50 @@ type slot struct {
 	prev *impl
 	// +checklocks:mu
 	realDetached bool
+	// heir is the attachment a Replace staged for this slot: if the old
+	// version detaches its filter before the heir goes in, the slot (its
+	// place in the chain) is kept for the heir.
+	// +checklocks:mu
+	heir *attachment
 }
 
-// impl is one NKE filter behind a slot.
+// impl is one NKE filter behind a slot, with its callbacks asserted
+// once (nil where it has none).
 type impl struct {
 	inst     *instance
 	filter   any
 	detached func()
 	inflight atomic.Int64
+
+	ifIn    nke.InputFilter
+	ifInB   nke.InputBurstFilter
+	ifOut   nke.OutputFilter
+	ifOutB  nke.OutputBurstFilter
+	ifEvent nke.EventFilter
+	ifIoctl nke.IoctlFilter
+	ipIn    nke.IPInputFilter
+	ipInB   nke.IPInputBurstFilter
+	ipOut   nke.IPOutputFilter
+	ipOutB  nke.IPOutputBurstFilter
+	raw     nke.RawFilter
+	rawB    nke.RawBurstFilter
+}
+
+func newImpl(inst *instance, filter any, detached func()) *impl {
+	im := &impl{inst: inst, filter: filter, detached: detached}
+	im.ifIn, _ = filter.(nke.InputFilter)
+	im.ifInB, _ = filter.(nke.InputBurstFilter)
+	im.ifOut, _ = filter.(nke.OutputFilter)
+	im.ifOutB, _ = filter.(nke.OutputBurstFilter)
+	im.ifEvent, _ = filter.(nke.EventFilter)
+	im.ifIoctl, _ = filter.(nke.IoctlFilter)
+	im.ipIn, _ = filter.(nke.IPInputFilter)
+	im.ipInB, _ = filter.(nke.IPInputBurstFilter)
+	im.ipOut, _ = filter.(nke.IPOutputFilter)
+	im.ipOutB, _ = filter.(nke.IPOutputBurstFilter)
+	im.raw, _ = filter.(nke.RawFilter)
+	im.rawB, _ = filter.(nke.RawBurstFilter)
+	return im
 }
 
 // enter returns the impl to call, counted as in flight, or nil to pass
@@ -43,11 +79,21 @@ type impl struct {
 // The count is taken before cur and the pause are checked again, so a
 // drain that saw the count at zero after storing cur or the pause has no
 // call into the old impl left (the atomics are sequentially consistent).
+//
+// A paused impl that is no longer current was replaced (Replace pauses
+// the old version after the new one went in): the packet goes to the
+// current one instead, or it would meet neither.
 func (s *slot) enter() *impl {
 	for {
 		im := s.cur.Load()
-		if im == nil || im.inst.paused.Load() {
+		if im == nil {
 			return nil
+		}
+		if im.inst.paused.Load() {
+			if s.cur.Load() == im {
+				return nil
+			}
+			continue
 		}
 		im.inflight.Add(1)
 		if s.cur.Load() == im && !im.inst.paused.Load() {
@@ -108,6 +154,22 @@ func (a *attachment) Detach() {
 		s.mu.Lock()
 		switch {
 		case a.staged.Load():
+			if s.heir == a {
+				s.heir = nil
+			}
+			// The old version gave the slot up for this heir: nobody
+			// holds it now.
+			orphan := s.cur.Load() == nil && !s.realDetached
+			s.mu.Unlock()
+			if orphan {
+				s.real.Detach()
+			}
+			a.finish()
+			return
+		case s.cur.Load() == a.im && s.heir != nil && !s.heir.gone.Load():
+			// A Replace is staging the next version here: keep the place
+			// for it, passing packets until it goes in.
+			s.cur.Store(nil)
 			s.mu.Unlock()
 			a.finish()
 			return
@@ -150,12 +212,22 @@ func (a *attachment) commit() {
 	s := a.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.heir == a {
+		s.heir = nil
+	}
 	if a.gone.Load() {
 		return
 	}
 	s.prev = s.cur.Load()
 	s.cur.Store(a.im)
 	a.staged.Store(false)
+}
+
+// bequeath makes a, staged in a Replace, the heir of s.
+func (s *slot) bequeath(a *attachment) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.heir = a
 }
 
 // detached reports whether Detach was called.

@@ -81,3 +81,27 @@ func TestSocketFilterCapabilities(t *testing.T) {
 		})
 	}
 }
+
+// TestSocketWrapperForms: the wrapper has data callbacks only where the
+// NKE's filter has them.
+func TestSocketWrapperForms(t *testing.T) {
+	for _, c := range []struct {
+		f       any
+		in, out bool
+	}{{sockFilter{}, false, false}, {greedy{}, true, true}, {inOnly{}, true, false}} {
+		w := sockWrapper(&instance{}, c.f)
+		_, in := w.(nke.SockDataIn)
+		_, out := w.(nke.SockDataOut)
+		_, sf := w.(nke.SocketFilter)
+		_, opt := w.(nke.SockOptioner)
+		if in != c.in || out != c.out || !sf || !opt {
+			t.Errorf("%T: wrapper %T in %v out %v", c.f, w, in, out)
+		}
+	}
+}
+
+type inOnly struct{ sockFilter }
+
+func (inOnly) SockDataIn(any, nke.Socket, netip.AddrPort, **mbuf.Mbuf, **mbuf.Mbuf, nke.DataFlags) error {
+	return nil
+}

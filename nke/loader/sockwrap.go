@@ -14,8 +14,8 @@ import (
 var errModifyRefused = errors.New("loader: data replaced without the modify capability")
 
 // sockWrap is the socket filter the loader registers in an NKE's place:
-// it implements every optional callback, passing (nil, the neutral
-// answer) where the NKE's filter has none, and checks the answers against
+// it implements every optional callback but the data ones, passing (nil,
+// the neutral answer) where the NKE's filter has none, and checks the answers against
 // the capabilities. It does not pause at unload: the kernel's
 // unregistration drains socket calls itself (SockDetach must reach the
 // NKE for every socket it attached).
@@ -25,11 +25,54 @@ type sockWrap struct {
 	sf   nke.SocketFilter
 }
 
+// The data callbacks are on the data path: the wrapper has them only if
+// the NKE's filter does (the socket layer skips a filter without them),
+// in one of four forms.
+type (
+	sockWrapIn    struct{ *sockWrap }
+	sockWrapOut   struct{ *sockWrap }
+	sockWrapInOut struct{ *sockWrap }
+)
+
+func (w sockWrapIn) SockDataIn(cookie any, so nke.Socket, from netip.AddrPort, data, control **mbuf.Mbuf, flags nke.DataFlags) error {
+	return w.dataIn(cookie, so, from, data, control, flags)
+}
+
+func (w sockWrapOut) SockDataOut(cookie any, so nke.Socket, to netip.AddrPort, data, control **mbuf.Mbuf, flags nke.DataFlags) error {
+	return w.dataOut(cookie, so, to, data, control, flags)
+}
+
+func (w sockWrapInOut) SockDataIn(cookie any, so nke.Socket, from netip.AddrPort, data, control **mbuf.Mbuf, flags nke.DataFlags) error {
+	return w.dataIn(cookie, so, from, data, control, flags)
+}
+
+func (w sockWrapInOut) SockDataOut(cookie any, so nke.Socket, to netip.AddrPort, data, control **mbuf.Mbuf, flags nke.DataFlags) error {
+	return w.dataOut(cookie, so, to, data, control, flags)
+}
+
+// sockWrapper wraps f for inst in the form f's data callbacks need.
+func sockWrapper(inst *instance, f any) any {
+	w := &sockWrap{inst: inst, f: f, sf: f.(nke.SocketFilter)}
+	_, in := f.(nke.SockDataIn)
+	_, out := f.(nke.SockDataOut)
+	switch {
+	case in && out:
+		return sockWrapInOut{w}
+	case in:
+		return sockWrapIn{w}
+	case out:
+		return sockWrapOut{w}
+	}
+	return w
+}
+
 var (
+	_ nke.SockDataIn     = sockWrapIn{}
+	_ nke.SockDataOut    = sockWrapOut{}
+	_ nke.SockDataIn     = sockWrapInOut{}
+	_ nke.SockDataOut    = sockWrapInOut{}
 	_ nke.SocketFilter   = (*sockWrap)(nil)
 	_ nke.SockNotifier   = (*sockWrap)(nil)
-	_ nke.SockDataIn     = (*sockWrap)(nil)
-	_ nke.SockDataOut    = (*sockWrap)(nil)
 	_ nke.SockConnectIn  = (*sockWrap)(nil)
 	_ nke.SockConnectOut = (*sockWrap)(nil)
 	_ nke.SockBinder     = (*sockWrap)(nil)
@@ -73,7 +116,7 @@ func (w *sockWrap) SockNotify(cookie any, so nke.Socket, ev nke.SocketEvent) {
 	}
 }
 
-func (w *sockWrap) SockDataIn(cookie any, so nke.Socket, from netip.AddrPort, data, control **mbuf.Mbuf, flags nke.DataFlags) error {
+func (w *sockWrap) dataIn(cookie any, so nke.Socket, from netip.AddrPort, data, control **mbuf.Mbuf, flags nke.DataFlags) error {
 	f, ok := w.f.(nke.SockDataIn)
 	if !ok {
 		return nil
@@ -82,7 +125,7 @@ func (w *sockWrap) SockDataIn(cookie any, so nke.Socket, from netip.AddrPort, da
 	return w.data(f.SockDataIn(cookie, so, from, data, control, flags), orig, *data)
 }
 
-func (w *sockWrap) SockDataOut(cookie any, so nke.Socket, to netip.AddrPort, data, control **mbuf.Mbuf, flags nke.DataFlags) error {
+func (w *sockWrap) dataOut(cookie any, so nke.Socket, to netip.AddrPort, data, control **mbuf.Mbuf, flags nke.DataFlags) error {
 	f, ok := w.f.(nke.SockDataOut)
 	if !ok {
 		return nil
