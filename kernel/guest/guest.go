@@ -54,6 +54,9 @@ type Settings struct {
 	// Load are the built-in NKEs to start, in order (nke.load=ethlog,
 	// etherecho); each gets its own setting (nke.ethlog=print) as args.
 	Load []LoadNKE
+	// Ctl is the control channel's mode (nke.ctl=auto|off|echo,
+	// default auto).
+	Ctl CtlMode
 }
 
 // LoadNKE is a built-in NKE to start at boot with its arguments.
@@ -120,6 +123,13 @@ func ReadSettings(lookup func(string) (string, bool)) (Settings, error) {
 	}
 	if v, ok := lookup("nke.pci"); ok {
 		s.PCI = v
+	}
+	if v, ok := lookup("nke.ctl"); ok {
+		m, err := ParseCtlMode(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("nke.ctl=%w", err))
+		}
+		s.Ctl = m
 	}
 	if v, ok := lookup("nke.load"); ok {
 		ms, err := builtin.ParseList(v)
@@ -189,6 +199,8 @@ type Guest struct {
 	// endpoints NKEs register.
 	events *kevent.Bus
 	ctl    *kctl.Registry
+	// control is the out-of-band control channel, if open.
+	control *controlChan
 }
 
 // Events is the kernel event stream (`nkectl events`): the loader
@@ -201,10 +213,13 @@ func (g *Guest) Events() *kevent.Bus { return g.events }
 func (g *Guest) Controls() *kctl.Registry { return g.ctl }
 
 // Main runs the harness as PID 1 and never returns.
-func Main() {
+func Main() { MainWith(Config{}) }
+
+// MainWith is Main with cfg plugged in.
+func MainWith(cfg Config) {
 	logf := initproc.Logf
 	logf("%s starting", Version())
-	g, err := Boot(logf)
+	g, err := BootWith(cfg, logf)
 	if err != nil {
 		logf("boot failed: %v", err)
 		initproc.Poweroff(1)
@@ -218,7 +233,11 @@ func Main() {
 }
 
 // Boot brings everything up and returns once the services listen.
-func Boot(logf func(string, ...any)) (*Guest, error) {
+func Boot(logf func(string, ...any)) (*Guest, error) { return BootWith(Config{}, logf) }
+
+// BootWith is Boot with cfg plugged in: the control channel, when there
+// is one, is served before the ready line.
+func BootWith(cfg Config, logf func(string, ...any)) (*Guest, error) {
 	// The settings are on the kernel command line, which /proc shows:
 	// mount first (Setup's mounts are idempotent), or every nke.* setting
 	// is silently ignored.
@@ -304,6 +323,11 @@ func Boot(logf func(string, ...any)) (*Guest, error) {
 	if g.svc, err = services.Start(g.st, services.Config{Status: func() any { return g.Status() }, Text: writeText, Logf: logf, Filters: g.sockets}); err != nil {
 		return nil, err
 	}
+	if g.control, err = g.startControl(cfg, logf); err != nil {
+		// The network is up: a broken control channel is not worth
+		// losing the guest over.
+		logf("control channel: %v", err)
+	}
 	if up, err := initproc.Uptime(); err == nil {
 		g.Booted = up
 	}
@@ -347,6 +371,9 @@ func netMAC(b []byte) string {
 func (g *Guest) Shutdown() {
 	if g.svc != nil {
 		g.svc.Close()
+	}
+	if g.control != nil {
+		g.control.stop()
 	}
 	g.stopNKEs()
 	if g.st != nil {

@@ -4,4 +4,9 @@ package main
 
 import "github.com/nke-harness/nke/kernel/guest"
 
-func main() { guest.Main() }
+func main() {
+	// guest.Config is the integration point: Control serves the
+	// out-of-band control channel (nke.ctl=auto); nke.ctl=echo echoes
+	// without it.
+	guest.MainWith(guest.Config{})
+}
