@@ -103,7 +103,7 @@ func (g *Guest) startControl(cfg Config, logf func(string, ...any)) (*controlCha
 	if err != nil {
 		return nil, err
 	}
-	dev, err := virtioconsole.Open(t, g.mem, virtioconsole.Config{Logf: logf})
+	dev, err := virtioconsole.Open(t, g.mem, virtioconsole.Config{Logf: logf, DeepSleep: g.Settings.CtlDeepSleep})
 	if err != nil {
 		t.Close()
 		return nil, err

@@ -57,6 +57,9 @@ type Settings struct {
 	// Ctl is the control channel's mode (nke.ctl=auto|off|echo,
 	// default auto).
 	Ctl CtlMode
+	// CtlDeepSleep is the control channel's longest idle sleep
+	// (nke.ctl_deep_sleep_us; 0: virtioconsole.DefaultDeepSleep).
+	CtlDeepSleep time.Duration
 }
 
 // LoadNKE is a built-in NKE to start at boot with its arguments.
@@ -104,6 +107,7 @@ func ReadSettings(lookup func(string) (string, bool)) (Settings, error) {
 	num("nke.rxq", 32768, func(n int) { s.RxQueue = uint16(n) })
 	num("nke.txq", 32768, func(n int) { s.TxQueue = uint16(n) })
 	num("nke.deep_sleep_us", 1000000, func(n int) { s.DeepSleep = time.Duration(n) * time.Microsecond })
+	num("nke.ctl_deep_sleep_us", 1000000, func(n int) { s.CtlDeepSleep = time.Duration(n) * time.Microsecond })
 	if v, ok := lookup("nke.refuse"); ok && v != "" {
 		for _, name := range strings.Split(v, ",") {
 			f, ok := featureByName(name)

@@ -25,7 +25,8 @@ import (
 // when the host disconnects; both honour deadlines.
 //
 // Idle waits poll the rings, sleeping from Config.MinSleep doubling up to
-// Config.IdleSleep, and handle control messages.
+// Config.IdleSleep, then Config.DeepSleep once idle for Config.DeepAfter,
+// and handle control messages.
 type Port struct {
 	d  *Device
 	id uint32
@@ -102,6 +103,7 @@ func unixNano(t time.Time) int64 {
 // backoff is an idle wait's growing sleep.
 type backoff struct {
 	sleep time.Duration
+	since time.Time // when this idle spell began
 }
 
 // idle handles control messages, checks the port and the deadline, and
@@ -115,9 +117,14 @@ func (p *Port) idle(b *backoff, deadline *atomic.Int64) error {
 		b.sleep = 0
 		return nil
 	}
-	if b.sleep == 0 {
-		b.sleep = d.cfg.MinSleep
-	} else {
+	switch {
+	case b.sleep == 0:
+		b.sleep, b.since = d.cfg.MinSleep, time.Now()
+	case b.sleep >= d.cfg.IdleSleep && time.Since(b.since) >= d.cfg.DeepAfter:
+		// A quiet spell: under TCG every wakeup costs the host
+		// hundreds of microseconds of CPU.
+		b.sleep = d.cfg.DeepSleep
+	default:
 		b.sleep = min(2*b.sleep, d.cfg.IdleSleep)
 	}
 	d.stats.idle.Add(1)
