@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nke-harness/nke/virtio"
 	"github.com/nke-harness/nke/virtio/virtioconsole"
 	"github.com/nke-harness/nke/virtio/virtiopci"
 )
@@ -148,6 +149,11 @@ func echo(logf func(string, ...any)) func(context.Context, io.ReadWriteCloser) {
 				}
 			}
 			if errors.Is(err, virtioconsole.ErrClosed) || ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, virtio.ErrDeviceBroken) {
+				// Out of service until a reset the driver does not do.
+				logf("control channel echo: %v: stopped", err)
 				return
 			}
 			if err != nil {

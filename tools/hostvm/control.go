@@ -37,6 +37,8 @@ type ControlChannel struct {
 	// SocketPath, if set, is where QEMU listens instead; its directory
 	// must exist and should be the caller's alone.
 	SocketPath string
+	// Packed is the device's VIRTIO_F_RING_PACKED (QEMU's default off).
+	Packed Switch
 }
 
 // DefaultVMName names the runtime directory of a VM started by this
@@ -76,9 +78,17 @@ func (c ControlChannel) Args() ([]string, error) {
 	if len(path) > 107 {
 		return nil, fmt.Errorf("control socket %q is %d bytes long, more than a unix socket address holds (107): set %s to a shorter directory", path, len(path), ctlchan.EnvRuntimeDir)
 	}
+	dev := fmt.Sprintf("virtio-serial-pci,id=%s,max_ports=2,disable-legacy=on", controlSerial)
+	switch c.Packed {
+	case Default:
+	case On, Off:
+		dev += ",packed=" + c.Packed.String()
+	default:
+		return nil, fmt.Errorf("control channel: packed: invalid switch value %d", c.Packed)
+	}
 	return []string{
 		"-chardev", fmt.Sprintf("socket,id=%s,path=%s,server=on,wait=off", controlChardev, path),
-		"-device", fmt.Sprintf("virtio-serial-pci,id=%s,max_ports=2,disable-legacy=on", controlSerial),
+		"-device", dev,
 		"-device", fmt.Sprintf("virtserialport,bus=%s.0,nr=1,chardev=%s,name=%s", controlSerial, controlChardev, ControlPortName),
 	}, nil
 }

@@ -47,8 +47,12 @@ func TestControlChannel(t *testing.T) {
 		t.Errorf("SecureSocket of a missing socket succeeded")
 	}
 
+	if a, err := (ControlChannel{SocketPath: "/tmp/s", Packed: On}).Args(); err != nil || !strings.HasSuffix(a[3], ",packed=on") {
+		t.Errorf("Packed: %q, %v", a, err)
+	}
 	for _, bad := range []ControlChannel{
 		{},
+		{SocketPath: "/tmp/s", Packed: 9},
 		{SocketPath: "/tmp/a,b"},
 		{SocketPath: "/" + strings.Repeat("x", 120)},
 		{VM: "../escape"},

@@ -235,6 +235,9 @@ func TestHostReconnect(t *testing.T) {
 			}
 		}
 	}
+	if p.HostConnects() != 3 {
+		t.Errorf("port counted %d host connects, want 3", p.HostConnects())
+	}
 	if st := r.d.Stats(); st.HostConnects != 3 {
 		t.Errorf("%d host connects counted, want 3", st.HostConnects)
 	}

@@ -74,6 +74,11 @@ func (p *Port) Name() string {
 // said (PORT_OPEN).
 func (p *Port) HostConnected() bool { return p.hostOpen.Load() }
 
+// HostConnects counts the host side's connections (PORT_OPEN 1 after
+// 0): a server that keeps per-connection state (a framing decoder) resets
+// it when this moves.
+func (p *Port) HostConnects() uint64 { return p.hostConnects.Load() }
+
 // Info describes the port.
 func (p *Port) Info() PortInfo {
 	return PortInfo{ID: p.id, Name: p.Name(), Added: p.added.Load(), Console: p.console.Load(),
