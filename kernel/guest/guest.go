@@ -58,6 +58,12 @@ type Settings struct {
 	// manifest's. For tests and one-off boots; `make run NKES=...` writes
 	// the image's file.
 	Load []loader.Pref
+	// Ctl is the control channel's mode (nke.ctl=auto|off|echo,
+	// default auto).
+	Ctl CtlMode
+	// CtlDeepSleep is the control channel's longest idle sleep
+	// (nke.ctl_deep_sleep_us; 0: virtioconsole.DefaultDeepSleep).
+	CtlDeepSleep time.Duration
 }
 
 // ReadSettings parses the settings through lookup (initproc.Setting in the
@@ -99,6 +105,7 @@ func ReadSettings(lookup func(string) (string, bool)) (Settings, error) {
 	num("nke.rxq", 32768, func(n int) { s.RxQueue = uint16(n) })
 	num("nke.txq", 32768, func(n int) { s.TxQueue = uint16(n) })
 	num("nke.deep_sleep_us", 1000000, func(n int) { s.DeepSleep = time.Duration(n) * time.Microsecond })
+	num("nke.ctl_deep_sleep_us", 1000000, func(n int) { s.CtlDeepSleep = time.Duration(n) * time.Microsecond })
 	if v, ok := lookup("nke.refuse"); ok && v != "" {
 		for _, name := range strings.Split(v, ",") {
 			f, ok := featureByName(name)
@@ -118,6 +125,13 @@ func ReadSettings(lookup func(string) (string, bool)) (Settings, error) {
 	}
 	if v, ok := lookup("nke.pci"); ok {
 		s.PCI = v
+	}
+	if v, ok := lookup("nke.ctl"); ok {
+		m, err := ParseCtlMode(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("nke.ctl=%w", err))
+		}
+		s.Ctl = m
 	}
 	if v, ok := lookup("nke.load"); ok {
 		seen := map[string]bool{}
@@ -199,6 +213,8 @@ type Guest struct {
 	ctl    *kctl.Registry
 	// capture is the live captures nkectl runs.
 	capture capturing
+	// control is the out-of-band control channel, if open.
+	control *controlChan
 }
 
 // Events is the kernel event stream (`nkectl events`): the loader
@@ -211,10 +227,13 @@ func (g *Guest) Events() *kevent.Bus { return g.events }
 func (g *Guest) Controls() *kctl.Registry { return g.ctl }
 
 // Main runs the harness as PID 1 and never returns.
-func Main() {
+func Main() { MainWith(Config{}) }
+
+// MainWith is Main with cfg plugged in.
+func MainWith(cfg Config) {
 	logf := initproc.Logf
 	logf("%s starting", Version())
-	g, err := Boot(logf)
+	g, err := BootWith(cfg, logf)
 	if err != nil {
 		logf("boot failed: %v", err)
 		initproc.Poweroff(1)
@@ -228,7 +247,11 @@ func Main() {
 }
 
 // Boot brings everything up and returns once the services listen.
-func Boot(logf func(string, ...any)) (*Guest, error) {
+func Boot(logf func(string, ...any)) (*Guest, error) { return BootWith(Config{}, logf) }
+
+// BootWith is Boot with cfg plugged in: the control channel, when there
+// is one, is served before the ready line.
+func BootWith(cfg Config, logf func(string, ...any)) (*Guest, error) {
 	// The settings are on the kernel command line, which /proc shows:
 	// mount first (Setup's mounts are idempotent), or every nke.* setting
 	// is silently ignored.
@@ -317,6 +340,11 @@ func Boot(logf func(string, ...any)) (*Guest, error) {
 	if g.svc, err = services.Start(g.st, services.Config{Status: func() any { return g.Status() }, Text: writeText, Logf: logf, Filters: g.sockets}); err != nil {
 		return nil, err
 	}
+	if g.control, err = g.startControl(cfg, logf); err != nil {
+		// The network is up: a broken control channel is not worth
+		// losing the guest over.
+		logf("control channel: %v", err)
+	}
 	if up, err := initproc.Uptime(); err == nil {
 		g.Booted = up
 	}
@@ -360,6 +388,9 @@ func netMAC(b []byte) string {
 func (g *Guest) Shutdown() {
 	if g.svc != nil {
 		g.svc.Close()
+	}
+	if g.control != nil {
+		g.control.stop()
 	}
 	g.unloadAll()
 	if g.st != nil {

@@ -161,6 +161,10 @@ type Options struct {
 
 	NICs []NIC
 
+	// Control, if set, adds the out-of-band control channel (see
+	// ControlChannel); DefaultOptions sets it.
+	Control *ControlChannel
+
 	// ExtraArgs are appended verbatim, for devices this type does not
 	// model.
 	ExtraArgs []string
@@ -192,6 +196,13 @@ func (o Options) Args() ([]string, error) {
 		"-kernel", o.Kernel, "-initrd", o.Initramfs, "-append", cmdline)
 	for i, n := range o.NICs {
 		a, err := n.Args(i)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, a...)
+	}
+	if o.Control != nil {
+		a, err := o.Control.Args()
 		if err != nil {
 			return nil, err
 		}
@@ -477,8 +488,9 @@ func (n NIC) Args(index int) ([]string, error) {
 func validPort(p int) bool { return p > 0 && p <= 65535 }
 
 // DefaultOptions is the VM that `make run` boots: KVM when CheckKVM
-// passes, else TCG, and one slirp NIC forwarding the HTTP status
-// service and the TCP and UDP echo service to 127.0.0.1.
+// passes, else TCG, one slirp NIC forwarding the HTTP status service and
+// the TCP and UDP echo service to 127.0.0.1, and the control channel with
+// its socket in the runtime directory of VM DefaultVMName().
 func DefaultOptions(qemu, kernel, initramfs string, httpPort, echoPort int) Options {
 	accel, _ := PickAccel()
 	return Options{
@@ -493,5 +505,6 @@ func DefaultOptions(qemu, kernel, initramfs string, httpPort, echoPort int) Opti
 				{UDP, echoPort, GuestEchoPort},
 			},
 		}},
+		Control: &ControlChannel{VM: DefaultVMName()},
 	}
 }

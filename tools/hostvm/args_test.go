@@ -9,6 +9,8 @@ import (
 )
 
 func TestOptionsArgs(t *testing.T) {
+	rt := t.TempDir() + "/rt" // MakeVMDir creates it 0700
+	t.Setenv("NKE_RUNTIME_DIR", rt)
 	const userNetdev = "user,id=n0,net=10.0.2.0/24,host=10.0.2.2,dhcpstart=10.0.2.15,ipv6=off"
 	const nic0 = "virtio-net-pci,netdev=n0,id=nic0,disable-legacy=on,romfile="
 	for _, tc := range []struct {
@@ -33,6 +35,9 @@ func TestOptionsArgs(t *testing.T) {
 				"-netdev", userNetdev +
 					",hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp:127.0.0.1:7007-:7,hostfwd=udp:127.0.0.1:7007-:7",
 				"-device", nic0,
+				"-chardev", "socket,id=nkectl0,path=" + rt + "/" + DefaultVMName() + "/console.sock,server=on,wait=off",
+				"-device", "virtio-serial-pci,id=nkevser0,max_ports=2,disable-legacy=on",
+				"-device", "virtserialport,bus=nkevser0.0,nr=1,chardev=nkectl0,name=nke.ctl",
 			},
 		},
 		{

@@ -99,6 +99,13 @@ func Run(ctx context.Context, cfg RunConfig) (Result, error) {
 	if err := cmd.Start(); err != nil {
 		return Result{}, fmt.Errorf("starting QEMU %s: %w", cfg.Args[0], err)
 	}
+	if sock := ControlSocketIn(cfg.Args); sock != "" {
+		go func() {
+			if err := SecureSocket(sock, 30*time.Second); err != nil {
+				fmt.Fprintf(cfg.Log, "nke: %v\n", err)
+			}
+		}()
+	}
 	console := &lockedWriter{w: stdin}
 	watch := newConsoleWatcher(cfg.ReadyLine, start, cfg.Log)
 

@@ -4,4 +4,9 @@ package main
 
 import "github.com/nke-harness/nke/kernel/guest"
 
-func main() { guest.Main() }
+func main() {
+	// guest.Config is the integration point. Its zero value serves
+	// nkectl on the out-of-band control channel (nke.ctl=auto; echo
+	// echoes, off leaves the console alone).
+	guest.MainWith(guest.Config{})
+}
