@@ -20,7 +20,7 @@ VMTESTFLAGS ?=
 # Packages with goroutines sharing memory: their tests also run under -race.
 RACE  := ./nke/mbuf/... ./nke/examples/... ./nke/builtin/... ./kernel/hook/... ./kernel/ifnet/... ./kernel/netstack/... ./kernel/capture/... ./kernel/kerneltest/... ./kernel/services/... ./kernel/socket/... ./kernel/sockfilter/... ./virtio/...
 
-.PHONY: wasm run test unit lockcheck vmtest bench image kernel clean clean-cache $(NKEVM)
+.PHONY: nkectl wasm run test unit lockcheck vmtest bench image kernel clean clean-cache $(NKEVM)
 
 # Built, not go run: Ctrl-C then ends make quietly with nkevm's own status.
 # No VCS stamp: in another user's checkout git refuses to report it, and
@@ -28,8 +28,12 @@ RACE  := ./nke/mbuf/... ./nke/examples/... ./nke/builtin/... ./kernel/hook/... .
 $(NKEVM):
 	@$(GO) build -buildvcs=false -o $@ ./tools/nkevm
 
-run: $(NKEVM)
+run: $(NKEVM) nkectl
 	$(NKEVM) run $(ARGS)
+
+# The host's NKE tool (nkectl -h): load, unload, stat, ctl, events, capture.
+nkectl:
+	@$(GO) build -buildvcs=false -o out/nkectl ./tools/nkectl
 
 test: unit
 	$(MAKE) vmtest

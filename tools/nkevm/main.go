@@ -22,6 +22,7 @@ import (
 	"strings"
 
 	"github.com/nke-harness/nke/initramfs"
+	"github.com/nke-harness/nke/kernel/ctlchan"
 	"github.com/nke-harness/nke/tools/hostvm"
 )
 
@@ -190,7 +191,29 @@ func cmdRun(ctx context.Context, f *flags) error {
 	}
 	fmt.Fprintf(os.Stderr, "nke: booting (%s, %d CPUs, %d MiB); once ready: curl http://127.0.0.1:%d/ and nc 127.0.0.1 %d; Ctrl-C powers the guest off\n",
 		opts.Accel, opts.CPUs, opts.MemoryMB, f.httpPort, f.echoPort)
+	// The host end of the control channel: nkectl's socket beside
+	// QEMU's, served for as long as QEMU runs.
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	served := make(chan struct{})
+	if qsock := hostvm.ControlSocketIn(args); qsock != "" {
+		sock := filepath.Join(filepath.Dir(qsock), ctlchan.SocketName)
+		go func() {
+			defer close(served)
+			err := hostvm.ServeControl(cctx, qsock, sock, nil, func() {
+				fmt.Fprintf(os.Stderr, "nke: control channel at %s: out/nkectl stat, out/nkectl load nke/bundles/IPFirewall.nke, out/nkectl -h\n", sock)
+			})
+			if err != nil && cctx.Err() == nil && !errors.Is(err, ctlchan.ErrUpstreamLost) {
+				fmt.Fprintf(os.Stderr, "nke: control channel: %v\n", err)
+			}
+			os.Remove(sock)
+		}()
+	} else {
+		close(served)
+	}
 	_, err = hostvm.Run(ctx, hostvm.RunConfig{Args: args, Stdin: os.Stdin})
+	cancel()
+	<-served
 	return err
 }
 
