@@ -3,6 +3,7 @@ package vmtests
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/nke-harness/nke/kernel/ctlchan"
+	"github.com/nke-harness/nke/nke/bundle"
 )
 
 const (
@@ -195,6 +197,32 @@ func TestNkectlReplaceAndBrokenManifest(t *testing.T) {
 		t.Errorf("broken manifest: exit %d, %q; want 2 naming the file and the key", code, errs)
 	}
 	t.Logf("broken manifest: %s", strings.TrimSpace(errs))
+
+	// The guest refuses one too, should a client skip nkectl's check.
+	b, err := bundle.ReadDir(filepath.Join(bundlesDir, "EtherEcho.nke"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Files[bundle.InfoPlist] = []byte(strings.Replace(string(b.Files[bundle.InfoPlist]), "<key>CFBundleVersion</key>", "<key>CFBundleVersionX</key>", 1))
+	archive, err := bundle.Pack(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, _, err := ctlchan.Dial(ctx, g.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Load(ctx, ctlchan.LoadRequest{Name: b.Name, Archive: archive})
+	if ctlchan.CodeOf(err) != ctlchan.CodeInvalid || !strings.Contains(fmt.Sprint(err), "CFBundleVersion") {
+		t.Errorf("the guest on a broken manifest: %v, want EINVAL naming CFBundleVersion", err)
+	}
+	t.Logf("the guest on a broken manifest: %v", err)
+	if ids := loaded(g.stat()); len(ids) != 1 {
+		t.Errorf("loaded after the refusals: %v", ids)
+	}
 }
 
 // The wasm firewall loaded at run time does what its native twin does;
@@ -205,7 +233,7 @@ func TestNkectlWasm(t *testing.T) {
 	fw := copyBundle(t, dir, "IPFirewallWasm.nke", nil)
 	buildWasm(t, fw, "wasmfw", "wasmfw.wasm")
 	mk := func(name, id, example string) string {
-		p := copyBundle(t, dir, "IPFirewallWasm.nke", func(s string) string {
+		p := copyBundle(t, t.TempDir(), "IPFirewallWasm.nke", func(s string) string {
 			s = strings.Replace(s, "com.example.wasmfw", id, 1)
 			return strings.Replace(s, "<string>wasmfw.wasm</string>", "<string>"+example+".wasm</string>", 1)
 		})
@@ -306,10 +334,14 @@ func TestNkectlOutOfBandAndCapture(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatalf("capture did not end after 3 packets: %s", capt.out)
 	}
-	out, err := exec.Command("tshark", "-r", file, "-T", "fields", "-e", "frame.comment", "-e", "ip.src", "-e", "ip.dst").CombinedOutput()
+	ts := exec.Command("tshark", "-r", file, "-T", "fields", "-e", "frame.comment", "-e", "ip.src", "-e", "ip.dst")
+	var tsErr bytes.Buffer
+	ts.Stderr = &tsErr
+	out, err := ts.Output()
 	if err != nil {
-		t.Fatalf("tshark -r: %v\n%s", err, out)
+		t.Fatalf("tshark -r: %v\n%s%s", err, out, tsErr.String())
 	}
+	t.Logf("tshark -r %s:\n%s", filepath.Base(file), out)
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	if len(lines) != 3 {
 		t.Fatalf("tshark read %d packets, want 3:\n%s", len(lines), out)

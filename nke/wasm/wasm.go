@@ -141,6 +141,9 @@ func Compile(ctx context.Context, code []byte, cfg Config) (*Program, error) {
 	if cfg.Interpreter {
 		rc = wazero.NewRuntimeConfigInterpreter()
 	} else {
+		if err := compilerCPU(); err != nil {
+			return nil, err
+		}
 		rc = wazero.NewRuntimeConfigCompiler()
 	}
 	// CloseOnContextDone compiles termination checks into loops and

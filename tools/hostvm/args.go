@@ -231,10 +231,7 @@ func (o Options) MachineArgs() ([]string, error) {
 	var accel []string
 	switch o.Accel {
 	case "", AccelTCG:
-		// QEMU's default CPU plus RDRAND: the kernel seeds its CRNG at
-		// once instead of ~3 s into boot, and the Go runtime and gVisor,
-		// which block in getrandom until then, start that much sooner.
-		accel = []string{"-accel", "tcg", "-cpu", "qemu64,+rdrand"}
+		accel = []string{"-accel", "tcg", "-cpu", TCGCPU}
 	case AccelKVM:
 		accel = []string{"-accel", "kvm", "-cpu", "host"}
 	default:
@@ -486,6 +483,14 @@ func (n NIC) Args(index int) ([]string, error) {
 }
 
 func validPort(p int) bool { return p > 0 && p <= 65535 }
+
+// TCGCPU is the CPU a TCG guest gets: QEMU's default plus RDRAND (the
+// kernel seeds its CRNG at once instead of ~3 s into boot, and the Go
+// runtime and gVisor, which block in getrandom until then, start that
+// much sooner) and SSE4.1/4.2 and POPCNT, which the code wazero compiles
+// for WebAssembly NKEs uses (without them the first call dies of
+// SIGILL).
+const TCGCPU = "qemu64,+rdrand,+ssse3,+sse4.1,+sse4.2,+popcnt"
 
 // DefaultOptions is the VM that `make run` boots: KVM when CheckKVM
 // passes, else TCG, one slirp NIC forwarding the HTTP status service and

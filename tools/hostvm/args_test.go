@@ -27,7 +27,7 @@ func TestOptionsArgs(t *testing.T) {
 			}(),
 			want: []string{
 				"/usr/bin/qemu-system-x86_64",
-				"-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "512", "-smp", "2",
+				"-accel", "tcg", "-cpu", TCGCPU, "-m", "512", "-smp", "2",
 				"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 				"-serial", "stdio",
 				"-kernel", "/k/vmlinuz", "-initrd", "/o/initramfs.cpio",
@@ -66,7 +66,7 @@ func TestOptionsArgs(t *testing.T) {
 			name: "no NIC",
 			opts: Options{QEMU: "q", Kernel: "k", Initramfs: "i"},
 			want: []string{
-				"q", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "512", "-smp", "2",
+				"q", "-accel", "tcg", "-cpu", TCGCPU, "-m", "512", "-smp", "2",
 				"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 				"-serial", "stdio", "-kernel", "k", "-initrd", "i",
 				"-append", "console=ttyS0 panic=-1 quiet " + TCGAppend,
@@ -228,7 +228,7 @@ func TestVMTestQEMU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "/usr/bin/qemu-system-x86_64 -accel tcg -cpu qemu64,+rdrand -m 512 -smp 1 -nodefaults -no-user-config -display none -no-reboot -serial stdio"
+	want := "/usr/bin/qemu-system-x86_64 -accel tcg -cpu qemu64,+rdrand,+ssse3,+sse4.1,+sse4.2,+popcnt -m 512 -smp 1 -nodefaults -no-user-config -display none -no-reboot -serial stdio"
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("VMTestQEMU() mismatch (-want +got):\n%s", diff)
 	}

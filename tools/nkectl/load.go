@@ -207,7 +207,7 @@ func (c *cli) load(path string, libs []string, dry bool) error {
 	}
 	for i, b := range order {
 		dep := i < len(order)-1
-		ctx, cancel := c.requestCtx()
+		ctx, cancel := c.loadCtx()
 		rep, err := cl.Load(ctx, ctlchan.LoadRequest{Name: filepath.Base(b.Path), Dependency: dep, Archive: archives[i]})
 		cancel()
 		if err != nil {
@@ -356,7 +356,7 @@ func (c *cli) replace(path string, handover bool) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := c.requestCtx()
+	ctx, cancel := c.loadCtx()
 	defer cancel()
 	rep, err := cl.Replace(ctx, ctlchan.ReplaceRequest{Name: filepath.Base(b.Path), Handover: handover, Archive: archive})
 	if err != nil {

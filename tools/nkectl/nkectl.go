@@ -30,6 +30,11 @@ const (
 // DefaultTimeout bounds connecting and each request.
 const DefaultTimeout = 10 * time.Second
 
+// LoadTimeout bounds a load or replace unless --timeout is given: the
+// guest compiles a WebAssembly module before it answers, which under
+// QEMU's TCG takes tens of seconds for a Go module of a few MB.
+const LoadTimeout = 3 * time.Minute
+
 // exitError carries the exit code of an error that is not the guest's.
 type exitError struct {
 	code int
@@ -173,8 +178,9 @@ commands:
 global flags (also accepted after the command):
   -s, --socket PATH    the VM's control socket
       --json           machine-readable output (JSON; streams: one object a line)
-      --timeout D      bound on connecting and on each request (default %v; 0: none);
-                       given explicitly, it bounds streams too
+      --timeout D      bound on connecting and on each request (default %v, load
+                       and replace 3m: a wasm module compiles first; 0: none);
+                       given explicitly, it bounds streams and loads too
 
 exit codes: 0 ok, 1 the guest refused or the operation failed, 2 usage,
 3 the guest cannot be reached (no socket, connect or hello failed,
@@ -410,6 +416,15 @@ func (c *cli) connect() (*ctlchan.Client, error) {
 	}
 	c.client, c.hello = cl, h
 	return cl, nil
+}
+
+// loadCtx bounds a load or replace: by --timeout if given, else
+// LoadTimeout.
+func (c *cli) loadCtx() (context.Context, context.CancelFunc) {
+	if c.timeoutSet {
+		return c.requestCtx()
+	}
+	return context.WithTimeout(c.ctx, LoadTimeout)
 }
 
 // requestCtx bounds one request by --timeout.
