@@ -107,6 +107,16 @@ func TestWasmBundle(t *testing.T) {
 	if got := strings.Join(c.Recv(), ""); !strings.Contains(got, "1 hits: block in proto tcp to port 23") {
 		t.Errorf("stats reply %q", got)
 	}
+	// The native twin's commands, by the same code.
+	if err := c.Send("add drop tcp dport 80"); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(c.Recv(), ""); got != "ok 2: block proto tcp to port 80" {
+		t.Errorf("add reply %q", got)
+	}
+	if v := run(80); v != nke.Drop {
+		t.Errorf("port 80 after add: %v, want drop", v)
+	}
 	if _, err := l.Unload(ctx, "com.example.wasmfw", false); !errors.Is(err, nke.ErrBusy) {
 		t.Errorf("unload with a client: %v", err)
 	}

@@ -8,9 +8,11 @@
 // Settings are ipfw's rules (';' or newlines between them). It sees the
 // first Snap bytes of each packet: an IPv6 extension-header chain longer
 // than that is judged as a packet cut short there (the native twin reads
-// on). Kernel control (kind abi.CtlSend): "rules TEXT" replaces the rules,
-// "stats" replies with each rule's hit count. Counters: 0 packets
-// passed, 1 packets dropped.
+// on). Kernel control (kind abi.CtlSend): the native twin's commands
+// (add RULE, del N, list, flush, default pass|block, help; nkectl ctl
+// com.example.wasmfw add 'drop tcp dport 23'), and "rules TEXT", which
+// replaces the rules, and "stats", each rule's hit count. Counters: 0
+// packets passed, 1 packets dropped.
 package main
 
 import (
@@ -83,7 +85,13 @@ func control(conn uint32, kind int, data []byte) error {
 		}
 		return sdk.CtlSend(conn, []byte(b.String()))
 	}
-	return sdk.CtlSend(conn, []byte(fmt.Sprintf("error: unknown command %q (want rules TEXT or stats)", cmd)))
+	// The native twin's commands (add, del, list, flush, default, help),
+	// by the same code.
+	reply, err := fw.Command(string(data))
+	if err != nil {
+		return sdk.CtlSend(conn, []byte("error: "+err.Error()))
+	}
+	return sdk.CtlSend(conn, []byte(reply))
 }
 
 func main() {}
