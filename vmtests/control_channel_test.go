@@ -70,13 +70,26 @@ func controlGuestWith(t *testing.T, name string, cc hostvm.ControlChannel, appen
 	return g, sock, ports
 }
 
+// dialControl connects to QEMU's socket. Right after a client left, QEMU
+// may refuse a moment (its listener takes one connection at a time):
+// retry for a while, and say so.
 func dialControl(t *testing.T, sock string) net.Conn {
 	t.Helper()
-	c, err := net.DialTimeout("unix", sock, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
+	start := time.Now()
+	for tries := 1; ; tries++ {
+		c, err := net.DialTimeout("unix", sock, 5*time.Second)
+		if err == nil {
+			if tries > 1 {
+				t.Logf("control socket: connected at try %d, after %v", tries, time.Since(start).Round(time.Millisecond))
+			}
+			return c
+		}
+		if time.Since(start) > 20*time.Second {
+			qemuDiag(t, sock)
+			t.Fatalf("control socket: %v (after %d tries in %v)", err, tries, time.Since(start).Round(time.Millisecond))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return c
 }
 
 // echoControl sends data through the echo guest and reads it back,
@@ -170,8 +183,10 @@ func TestControlChannel(t *testing.T) {
 		func() {
 			c.Close()
 			old := dialControl(t, sock)
-			old.Write(data[:1<<20])
-			time.Sleep(500 * time.Millisecond) // the echo fills the socket
+			// Not read back: the echo fills the socket and the write
+			// may never finish; closing ends it.
+			go old.Write(data[:1<<20])
+			time.Sleep(500 * time.Millisecond)
 			old.Close()
 			c = dialControl(t, sock)
 			marker := []byte("<<marker after an abrupt disconnect>>")
@@ -231,6 +246,34 @@ func TestControlChannel(t *testing.T) {
 		// The channel still works afterwards.
 		echoControl(t, c, []byte("still there"), 30*time.Second)
 	})
+}
+
+// qemuDiag logs what QEMU's threads are doing: spinning or blocked, and in
+// which system call.
+func qemuDiag(t *testing.T, marker string) {
+	a := qemuCPU(t, marker)
+	time.Sleep(time.Second)
+	t.Logf("QEMU used %v of CPU in the last second", qemuCPU(t, marker)-a)
+	ds, _ := os.ReadDir("/proc")
+	for _, d := range ds {
+		cmd, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(cmd, []byte(marker)) || !bytes.Contains(cmd, []byte("qemu")) {
+			continue
+		}
+		tasks, _ := os.ReadDir(filepath.Join("/proc", d.Name(), "task"))
+		for _, tk := range tasks {
+			dir := filepath.Join("/proc", d.Name(), "task", tk.Name())
+			comm, _ := os.ReadFile(filepath.Join(dir, "comm"))
+			st, _ := os.ReadFile(filepath.Join(dir, "stat"))
+			wchan, _ := os.ReadFile(filepath.Join(dir, "wchan"))
+			sc, _ := os.ReadFile(filepath.Join(dir, "syscall"))
+			state := ""
+			if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) {
+				state = string(st[i+2 : i+3])
+			}
+			t.Logf("QEMU thread %s %q state %s wchan %s syscall %s", tk.Name(), bytes.TrimSpace(comm), state, wchan, bytes.TrimSpace(sc))
+		}
+	}
 }
 
 // qemuCPU is the CPU time QEMU (the process whose command line holds
