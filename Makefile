@@ -18,7 +18,7 @@ VMTEST_RUN  ?=
 VMTEST_SKIP ?=
 VMTESTFLAGS ?=
 # Packages with goroutines sharing memory: their tests also run under -race.
-RACE  := ./nke/mbuf/... ./nke/examples/... ./nke/builtin/... ./kernel/hook/... ./kernel/ifnet/... ./kernel/netstack/... ./kernel/capture/... ./kernel/kerneltest/... ./kernel/services/... ./kernel/socket/... ./kernel/sockfilter/... ./virtio/...
+RACE  := ./nke/mbuf/... ./nke/examples/... ./nke/builtin/... ./kernel/hook/... ./kernel/ifnet/... ./kernel/netstack/... ./kernel/capture/... ./kernel/kerneltest/... ./kernel/services/... ./kernel/socket/... ./kernel/sockfilter/... ./kernel/guest/... ./kernel/kctl/... ./kernel/kevent/... ./kernel/ctlchan/... ./nke/loader/... ./tools/nkectl/... ./virtio/...
 
 .PHONY: nkectl wasm run test unit lockcheck vmtest bench image kernel clean clean-cache $(NKEVM)
 

@@ -101,6 +101,7 @@ func TestNkectlLoadUnload(t *testing.T) {
 		t.Errorf("stat: %+v", st.NKEs)
 	}
 	table := g.must("stat")
+	t.Logf("nkectl stat:\n%s", table)
 	for _, want := range []string{"com.example.tcplog", "com.example.contentfilter", "socket filters"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("stat table lacks %q:\n%s", want, table)

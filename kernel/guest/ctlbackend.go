@@ -410,9 +410,30 @@ func (b backend) Stat(context.Context) (ctlchan.Stat, error) {
 		}
 		st.Chains = append(st.Chains, c)
 	}
+	// Where each filter is in its chain: the resolved order.
+	type place struct {
+		hook   string
+		at, of int
+	}
+	places := map[string][]place{}
+	for _, c := range st.Chains {
+		for i, f := range c.Filters {
+			places[f] = append(places[f], place{c.Hook, i + 1, len(c.Filters)})
+		}
+	}
 	for _, r := range g.loader.Stat() {
+		order := r.Order
+		var at []string
+		for _, f := range r.Filters {
+			for _, p := range places[f] {
+				at = append(at, fmt.Sprintf("%d of %d in %s", p.at, p.of, p.hook))
+			}
+		}
+		if len(at) > 0 {
+			order = strings.Join(at, ", ") + " (" + r.Order + ")"
+		}
 		n := ctlchan.NKEStat{Index: r.Index, Refs: r.Refs, ID: r.ID, Version: r.Version, Kind: r.Kind, Layer: r.Layer,
-			Attachment: r.Attachment, Order: r.Order, Depends: r.Depends}
+			Attachment: r.Attachment, Order: order, Depends: r.Depends}
 		var ns, sampled float64
 		for _, f := range r.Filters {
 			for _, c := range counters[f] {
