@@ -54,7 +54,7 @@ unit: $(NKEVM) lockcheck
 # annotated so only called with it. Inference is off: it suggests
 # annotations for immutable fields and sentinel errors read under a lock.
 # The wasm NKE examples, built with the standard toolchain into out/wasm/.
-WASM_EXAMPLES = nke/wasm/examples/wasmfw nke/wasm/examples/trap nke/wasm/examples/loop
+WASM_EXAMPLES = nke/wasm/examples/wasmfw nke/wasm/examples/udpdrop nke/wasm/examples/trap nke/wasm/examples/loop
 wasm:
 	@mkdir -p out/wasm
 	@for p in $(WASM_EXAMPLES); do \

@@ -29,7 +29,10 @@ func TestImageBundles(t *testing.T) {
 	if p := byPath[bundles.ImageBootFile]; string(p.Data) != "com.example.ipfw\n" {
 		t.Errorf("boot preferences %q", p.Data)
 	}
-	want := []initramfs.WasmModule{{Path: "/lib/nke/IPFirewallWasm.nke/Contents/WebAssembly/wasmfw.wasm", Main: "./nke/wasm/examples/wasmfw"}}
+	want := []initramfs.WasmModule{
+		{Path: "/lib/nke/IPFirewallWasm.nke/Contents/WebAssembly/wasmfw.wasm", Main: "./nke/wasm/examples/wasmfw"},
+		{Path: "/lib/nke/UDPDrop.nke/Contents/WebAssembly/udpdrop.wasm", Main: "./nke/wasm/examples/udpdrop"},
+	}
 	if d := cmp.Diff(want, wasm); d != "" {
 		t.Errorf("wasm modules (-want +got):\n%s", d)
 	}

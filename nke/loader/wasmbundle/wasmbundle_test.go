@@ -255,3 +255,55 @@ func TestFaultReported(t *testing.T) {
 		t.Errorf("after the fault: loaded %+v, attached %d", rows, len(ip.Attached()))
 	}
 }
+
+// The walkthrough's NKE, as its bundle says: UDP to port 9 dropped and
+// counted, the rest passed.
+func TestUDPDropBundle(t *testing.T) {
+	b, err := bundles.Find("UDPDrop.nke")
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths, err := wasmtest.Build(t.TempDir(), "github.com/nke-harness/nke/nke/wasm/examples/udpdrop")
+	if errors.Is(err, wasmtest.ErrNoToolchain) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, err := os.ReadFile(paths["udpdrop"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Files[bundle.WebAssemblyDir+"/udpdrop.wasm"] = code
+	ip := &nketest.IPHook{}
+	l, err := loader.New(loader.Config{Kernel: func(string) nke.Kernel { return &nketest.Kernel{IPHook: ip} },
+		Builtin: builtin.Lookup, WebAssembly: Loader(wasm.Config{}), Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Load(ctx, b, loader.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := mbuf.NewPool(dma.NewHeap(1<<20), "udpdrop", 8, 2048, 128)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(proto uint8, port uint16) nke.Verdict {
+		pkt := ip4(port)
+		pkt[9] = proto
+		m := pool.AllocPacket(len(pkt))
+		m.CopyBack(0, pkt)
+		defer m.Free()
+		v := []nke.Verdict{nke.Continue}
+		for _, s := range ip.Attached() {
+			s.Filter.(nke.IPInputBurstFilter).FilterIPInputBurst([]*mbuf.Mbuf{m}, []int{20}, []uint8{proto}, v)
+		}
+		return v[0]
+	}
+	if got := [3]nke.Verdict{run(17, 9), run(17, 53), run(6, 9)}; got != [3]nke.Verdict{nke.Drop, nke.Continue, nke.Continue} {
+		t.Errorf("udp 9, udp 53, tcp 9: %v", got)
+	}
+	if err := l.UnloadAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
