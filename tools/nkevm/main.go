@@ -198,6 +198,8 @@ func cmdRun(ctx context.Context, f *flags) error {
 	served := make(chan struct{})
 	if qsock := hostvm.ControlSocketIn(args); qsock != "" {
 		sock := filepath.Join(filepath.Dir(qsock), ctlchan.SocketName)
+		// The VM's runtime directory goes with the VM.
+		defer os.RemoveAll(filepath.Dir(qsock))
 		go func() {
 			defer close(served)
 			err := hostvm.ServeControl(cctx, qsock, sock, nil, func() {
