@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/nke-harness/nke/nke"
+	"github.com/nke-harness/nke/nke/bundle"
 	"github.com/nke-harness/nke/nke/mbuf"
 )
 
@@ -33,5 +34,47 @@ func BenchmarkIPInput(b *testing.B) {
 				f.FilterIPInput(&m, 20, 6)
 			}
 		})
+	}
+}
+
+// BenchmarkLoadUnload is one load (libraries checked, start, attach
+// through the wrappers) and one unload (pause, drain, stop, detach) of an
+// IP filter NKE on the fakes: the loader's own latency, without the
+// guest's hooks or the control channel.
+func BenchmarkLoadUnload(b *testing.B) {
+	r := newRig(b, 0)
+	r.l.cfg.Logf = func(string, ...any) {}
+	r.l.cfg.Events = nil
+	r.register(ipModule("a", "com.a", &counter{}, nil))
+	bu := mk("com.a", "1.0", "1.0", "a", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := r.l.Load(ctx, bu, Options{}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := r.l.Unload(ctx, "com.a", false); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkReplace swaps a loaded IP filter NKE for another version and
+// back: start of the new one, the swap, drain and stop of the old one.
+func BenchmarkReplace(b *testing.B) {
+	r := newRig(b, 0)
+	r.l.cfg.Logf = func(string, ...any) {}
+	r.l.cfg.Events = nil
+	r.register(ipModule("a", "com.a", &counter{}, nil))
+	v := [2]*bundle.Bundle{mk("com.a", "1.0", "1.0", "a", nil), mk("com.a", "1.1", "1.0", "a", nil)}
+	if err := r.l.Load(ctx, v[0], Options{}); err != nil {
+		b.Fatal(err)
+	}
+	i := 1
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := r.l.Replace(ctx, v[i], false); err != nil {
+			b.Fatal(err)
+		}
+		i ^= 1
 	}
 }
