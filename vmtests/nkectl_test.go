@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,32 +24,8 @@ import (
 // them: a guest booted with the control channel, hostvm.ServeControl on
 // the host end (as nkevm run does), and the nkectl binary.
 
-// nkectlOnce builds nkectl once per test binary.
-var nkectlOnce struct {
-	sync.Once
-	path string
-	err  error
-}
-
-func nkectlBinary(t testing.TB) string {
-	t.Helper()
-	nkectlOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "nkectl")
-		if err != nil {
-			nkectlOnce.err = err
-			return
-		}
-		nkectlOnce.path = filepath.Join(dir, "nkectl")
-		out, err := exec.Command("go", "build", "-buildvcs=false", "-o", nkectlOnce.path, "../tools/nkectl").CombinedOutput()
-		if err != nil {
-			nkectlOnce.err = fmt.Errorf("go build nkectl: %v\n%s", err, out)
-		}
-	})
-	if nkectlOnce.err != nil {
-		t.Fatal(nkectlOnce.err)
-	}
-	return nkectlOnce.path
-}
+// nkectlBinary is the nkectl command, built once.
+func nkectlBinary(t testing.TB) string { return hostTool(t, "nkectl") }
 
 // ctlGuest is a guest with its control channel served on sock.
 type ctlGuest struct {

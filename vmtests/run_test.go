@@ -19,32 +19,38 @@ import (
 	"github.com/nke-harness/nke/tools/hostvm"
 )
 
-// nkevm builds the host CLI once per test binary.
-var nkevmOnce struct {
-	sync.Once
-	path string
-	err  error
+// hostTools are the host commands the tests run, each built once per
+// test binary from tools/NAME.
+var hostTools struct {
+	mu    sync.Mutex
+	built map[string]string
 }
 
-func nkevm(t *testing.T) string {
+// hostTool builds tools/name (once) and returns the binary's path.
+func hostTool(t testing.TB, name string) string {
 	t.Helper()
-	nkevmOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "nkevm")
-		if err != nil {
-			nkevmOnce.err = err
-			return
-		}
-		nkevmOnce.path = filepath.Join(dir, "nkevm")
-		out, err := exec.Command("go", "build", "-buildvcs=false", "-o", nkevmOnce.path, "../tools/nkevm").CombinedOutput()
-		if err != nil {
-			nkevmOnce.err = fmt.Errorf("go build nkevm: %v\n%s", err, out)
-		}
-	})
-	if nkevmOnce.err != nil {
-		t.Fatal(nkevmOnce.err)
+	hostTools.mu.Lock()
+	defer hostTools.mu.Unlock()
+	if p, ok := hostTools.built[name]; ok {
+		return p
 	}
-	return nkevmOnce.path
+	dir, err := os.MkdirTemp("", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, name)
+	if out, err := exec.Command("go", "build", "-buildvcs=false", "-o", p, "../tools/"+name).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", name, err, out)
+	}
+	if hostTools.built == nil {
+		hostTools.built = map[string]string{}
+	}
+	hostTools.built[name] = p
+	return p
 }
+
+// nkevm is the host CLI make run runs.
+func nkevm(t *testing.T) string { return hostTool(t, "nkevm") }
 
 // runEnv is the environment make run would see, with this test's ports.
 func runEnv(http, echo int) []string {

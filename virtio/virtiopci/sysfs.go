@@ -198,6 +198,12 @@ func (f Function) IsVirtioNetID() bool {
 // their capabilities are. It fails with ErrNotFound, saying why each
 // near-miss was rejected, when nothing matches.
 func FindVirtioNet(root string) ([]Function, error) {
+	return findModern(root, "virtio-net", DeviceNetModern, DeviceNetTransitional)
+}
+
+// findModern returns the virtio functions under root with the modern
+// device ID, or the transitional one and modern capabilities.
+func findModern(root, what string, modern, transitional uint16) ([]Function, error) {
 	fns, err := List(root)
 	if err != nil {
 		return nil, err
@@ -205,10 +211,10 @@ func FindVirtioNet(root string) ([]Function, error) {
 	var out []Function
 	var why []string
 	for _, f := range fns {
-		if !f.IsVirtioNetID() {
+		if f.Vendor != VendorVirtio || f.Device != modern && f.Device != transitional {
 			continue
 		}
-		if f.Device == DeviceNetTransitional {
+		if f.Device == transitional {
 			cfg, err := f.Config()
 			if err == nil && len(cfg) <= pciHeaderLen {
 				err = fmt.Errorf("read only %d bytes of config space: capabilities need root", len(cfg))
@@ -224,8 +230,8 @@ func FindVirtioNet(root string) ([]Function, error) {
 		out = append(out, f)
 	}
 	if out == nil {
-		msg := fmt.Sprintf("no virtio-net function (%04x:%04x, or %04x:%04x with modern capabilities) under %s",
-			VendorVirtio, DeviceNetModern, VendorVirtio, DeviceNetTransitional, root)
+		msg := fmt.Sprintf("no %s function (%04x:%04x, or %04x:%04x with modern capabilities) under %s",
+			what, VendorVirtio, modern, VendorVirtio, transitional, root)
 		if why != nil {
 			msg += ": " + strings.Join(why, "; ")
 		}
