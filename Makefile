@@ -20,7 +20,10 @@ VMTESTFLAGS ?=
 # Packages with goroutines sharing memory: their tests also run under -race.
 RACE  := ./nke/mbuf/... ./nke/examples/... ./nke/builtin/... ./kernel/hook/... ./kernel/ifnet/... ./kernel/netstack/... ./kernel/capture/... ./kernel/kerneltest/... ./kernel/services/... ./kernel/socket/... ./kernel/sockfilter/... ./kernel/guest/... ./kernel/kctl/... ./kernel/kevent/... ./kernel/ctlchan/... ./nke/loader/... ./tools/nkectl/... ./virtio/...
 
-.PHONY: nkectl wasm run test unit lockcheck vmtest bench image kernel clean clean-cache $(NKEVM)
+.PHONY: all nkectl wasm run test unit lockcheck vmtest bench image kernel clean clean-cache $(NKEVM)
+
+# make alone builds the host tools and the WebAssembly examples.
+all: $(NKEVM) nkectl wasm
 
 # Built, not go run: Ctrl-C then ends make quietly with nkevm's own status.
 # No VCS stamp: in another user's checkout git refuses to report it, and
