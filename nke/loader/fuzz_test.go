@@ -1,6 +1,8 @@
 package loader
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -12,8 +14,14 @@ import (
 // the file and a line.
 func FuzzParsePrefs(f *testing.F) {
 	f.Add(bundles.Boot())
-	f.Add([]byte("com.example.ethlog\nIPFirewall.nke block in proto icmp\n# x\n"))
-	f.Add([]byte("a\na\n/b\n"))
+	seeds, _ := filepath.Glob("testdata/prefs/*")
+	for _, s := range seeds {
+		b, err := os.ReadFile(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		prefs, err := ParsePrefs("f", data)
 		if err != nil {
