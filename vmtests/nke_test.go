@@ -62,7 +62,7 @@ func TestProtocolNKE(t *testing.T) {
 	}
 	g.command("stats")
 	out := g.expectLine("JSON: /stats", 30*time.Second)
-	for _, want := range []string{"unclaimed  ethertype 0x88b6: 1 frames", "NKEs started: etherecho (com.example.etherecho), ethlog (com.example.ethlog)",
+	for _, want := range []string{"unclaimed  ethertype 0x88b6: 1 frames", "NKEs loaded: com.example.etherecho 1.0.0 (EtherEcho.nke), com.example.ethlog 1.0.0 (EthernetLogger.nke)",
 		"protocol   com.example.etherecho (ethertype 0x88b5)", "interface  com.example.ethlog"} {
 		if !bytes.Contains([]byte(out), []byte(want)) {
 			t.Errorf("status lacks %q:\n%s", want, out)

@@ -32,7 +32,7 @@ type Status struct {
 }
 
 // NKEStatus is every hook of the data path with what is attached to it
-// and its counters, and the NKEs started at boot.
+// and its counters, and the NKEs the loader holds.
 type NKEStatus struct {
 	Started   []StartedNKE              `json:"started"`
 	RawHooks  []ifnet.FilterStatus      `json:"raw_hooks"`
@@ -215,7 +215,7 @@ func writeText(w io.Writer, v any) {
 }
 
 func writeNKEs(w io.Writer, s NKEStatus) {
-	fmt.Fprintf(w, "\nNKEs started: ")
+	fmt.Fprintf(w, "\nNKEs loaded: ")
 	if len(s.Started) == 0 {
 		fmt.Fprintf(w, "none")
 	}
@@ -223,7 +223,7 @@ func writeNKEs(w io.Writer, s NKEStatus) {
 		if i > 0 {
 			fmt.Fprintf(w, ", ")
 		}
-		fmt.Fprintf(w, "%s (%s)", n.Name, n.ID)
+		fmt.Fprintf(w, "%s %s (%s)", n.ID, n.Version, n.Name)
 	}
 	fmt.Fprintf(w, "\n%-10s %-28s %10s %12s %9s %9s %9s %7s %8s\n", "hook", "name", "packets", "bytes", "continue", "swallow", "drop", "faults", "ns/pkt")
 	row := func(hook, name string, c hook.Counters) {
