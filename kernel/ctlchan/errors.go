@@ -26,6 +26,9 @@ const (
 	CodeTimeout     Code = "ETIMEDOUT"  // a bounded wait ran out (drain, stop)
 	CodeBadMessage  Code = "EBADMSG"    // a frame or message that does not decode
 	CodeVersion     Code = "EPROTONOSUPPORT"
+	// CodeUnreachable is the host multiplexer's, not the guest's: it
+	// could not pass the request on (QEMU's socket failed).
+	CodeUnreachable Code = "EHOSTUNREACH"
 	CodeFailed      Code = "EFAIL" // anything else
 )
 
@@ -34,7 +37,7 @@ var codeErrno = map[Code]syscall.Errno{
 	CodeInvalid: syscall.EINVAL, CodeUnsupported: syscall.EOPNOTSUPP, CodeNoBufs: syscall.ENOBUFS,
 	CodeTooLarge: syscall.EMSGSIZE, CodePerm: syscall.EPERM, CodeNotConn: syscall.ENOTCONN,
 	CodeCanceled: syscall.ECANCELED, CodeTimeout: syscall.ETIMEDOUT, CodeBadMessage: syscall.EBADMSG,
-	CodeVersion: syscall.EPROTONOSUPPORT,
+	CodeVersion: syscall.EPROTONOSUPPORT, CodeUnreachable: syscall.EHOSTUNREACH,
 }
 
 // Coder is an error that names its own Code.

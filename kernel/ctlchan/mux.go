@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // clientQueue is how many frames the multiplexer holds for one client
@@ -119,9 +120,11 @@ func (m *Mux) add(conn net.Conn) (*muxClient, bool) {
 	return c, true
 }
 
+// close ends the client: what is queued still goes out (a last error
+// reply, say), within a second, then writeClient closes the connection.
 func (c *muxClient) close() {
 	c.once.Do(func() {
-		c.conn.Close()
+		c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 		close(c.out)
 	})
 }
@@ -168,6 +171,7 @@ func (m *Mux) toClient(c *muxClient, f Frame) {
 }
 
 func (m *Mux) writeClient(c *muxClient) {
+	defer c.conn.Close() // also ends readClient's read
 	for b := range c.out {
 		if _, err := c.conn.Write(b); err != nil {
 			m.drop(c)
@@ -204,7 +208,7 @@ func (m *Mux) readClient(c *muxClient) {
 		}
 		f.Session = c.id
 		if err := m.upW.WriteFrame(&f); err != nil {
-			p, _ := appendPayload(nil, ErrorBody{Op: f.Type.String(), Code: CodeFailed, Message: "the connection to the guest failed: " + err.Error()}, nil)
+			p, _ := appendPayload(nil, ErrorBody{Op: f.Type.String(), Code: CodeUnreachable, Message: "the connection to the guest failed: " + err.Error()}, nil)
 			m.toClient(c, Frame{Type: TypeError, Flags: FlagReply, Request: f.Request, Payload: p})
 			return
 		}

@@ -152,3 +152,36 @@ func TestMuxGarbage(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// failingUpstream reads nothing until closed and refuses every write.
+type failingUpstream struct{ done chan struct{} }
+
+func (u failingUpstream) Read([]byte) (int, error) { <-u.done; return 0, errors.New("closed") }
+func (failingUpstream) Write([]byte) (int, error)  { return 0, errors.New("broken pipe") }
+
+// A request the multiplexer cannot pass on gets EHOSTUNREACH, its own
+// code, not one the guest could have answered with.
+func TestMuxUpstreamUnreachable(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, ctlchan.SocketName)
+	ln, err := ctlchan.ListenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := failingUpstream{done: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); ctlchan.NewMux(up).Serve(ctx, ln) }()
+	defer func() { cancel(); close(up.done); <-done }()
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ctlchan.NewClient(conn)
+	defer c.Close()
+	_, err = c.Stat(ctx)
+	if ctlchan.CodeOf(err) != ctlchan.CodeUnreachable {
+		t.Errorf("stat through a broken upstream: %v, want EHOSTUNREACH", err)
+	}
+}

@@ -457,7 +457,7 @@ func (c *cli) requestErr(op string, err error) error {
 		return unreachable(fmt.Errorf("%s: %w: did the VM stop? (the host multiplexer also drops a client that reads too slowly)", op, err))
 	}
 	var re *ctlchan.RemoteError
-	if errors.As(err, &re) && re.Code == ctlchan.CodeFailed && strings.HasPrefix(re.Message, muxUpstreamFailed) {
+	if errors.As(err, &re) && (re.Code == ctlchan.CodeUnreachable || re.Code == ctlchan.CodeFailed && strings.HasPrefix(re.Message, muxUpstreamFailed)) {
 		// Not the guest's answer: the multiplexer could not reach it.
 		return unreachable(fmt.Errorf("%s: %s: did the VM stop?", op, re.Message))
 	}
@@ -471,7 +471,7 @@ func (c *cli) requestErr(op string, err error) error {
 
 // muxUpstreamFailed starts the message of the error the host multiplexer
 // (ctlchan.Mux) answers with when it cannot pass a request on to the
-// guest (it has no code of its own: EFAIL).
+// guest: with ctlchan.CodeUnreachable now, EFAIL from older ones.
 const muxUpstreamFailed = "the connection to the guest failed"
 
 // explained is an error with a message of its own.

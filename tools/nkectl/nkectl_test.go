@@ -762,6 +762,7 @@ func TestExitCode(t *testing.T) {
 		{fmt.Errorf("x: %w", context.DeadlineExceeded), 3},
 		{usagef("bad"), 2},
 		{(&cli{ctx: context.Background()}).requestErr("stat", &ctlchan.RemoteError{Op: "stat", Code: ctlchan.CodeFailed, Message: "the connection to the guest failed: write: broken pipe"}), 3},
+		{(&cli{ctx: context.Background()}).requestErr("stat", &ctlchan.RemoteError{Op: "stat", Code: ctlchan.CodeUnreachable, Message: "the connection to the guest failed: write: broken pipe"}), 3},
 		{(&cli{ctx: context.Background()}).requestErr("stat", &ctlchan.RemoteError{Op: "stat", Code: ctlchan.CodeFailed, Message: "stat failed"}), 1},
 		{unreachable(errors.New("gone")), 3},
 		{fmt.Errorf("x: %w", syscall.EBUSY), 4},
