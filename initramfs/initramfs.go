@@ -185,7 +185,10 @@ func Build(ctx context.Context, cfg Config) (Image, error) {
 	return img, nil
 }
 
-// moduleDir resolves the directory `go build` runs in.
+// ModuleDir resolves the directory `go build` runs in: dir, or the root
+// of the Go module holding the current directory when dir is "".
+func ModuleDir(ctx context.Context, dir string) (string, error) { return moduleDir(ctx, dir) }
+
 func moduleDir(ctx context.Context, dir string) (string, error) {
 	if dir != "" {
 		return filepath.Abs(dir)

@@ -32,31 +32,14 @@ const (
 // closed when it exits, err is then its Wait error.
 type background struct {
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  lockedBuf
 	done chan struct{}
 	err  error
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func (g *ctlGuest) background(args ...string) *background {
 	g.t.Helper()
-	b := &background{out: &lockedBuffer{}, done: make(chan struct{})}
+	b := &background{out: lockedBuf{mu: &sync.Mutex{}, b: &bytes.Buffer{}}, done: make(chan struct{})}
 	b.cmd = exec.Command(nkectlBinary(g.t), append([]string{"-s", g.sock}, args...)...)
 	b.cmd.Stdout, b.cmd.Stderr = b.out, b.out
 	if err := b.cmd.Start(); err != nil {

@@ -144,6 +144,12 @@ func (l lockedBuf) Write(p []byte) (int, error) {
 	return l.b.Write(p)
 }
 
+func (l lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 // TestRunCommandErrors: a busy port, a missing kernel and a missing QEMU
 // each stop nkevm run at once with one sentence saying what to do.
 func TestRunCommandErrors(t *testing.T) {

@@ -68,17 +68,7 @@ func (r *Ring) Capture(p hook.Point, frame []byte, m *mbuf.Mbuf) {
 	defer r.mu.Unlock()
 	rec := &r.recs[r.next%uint64(len(r.recs))]
 	r.next++
-	rec.Point, rec.Time = p, now
-	n := min(len(frame), r.snap)
-	rec.Data = append(rec.Data[:0], frame[:n]...)
-	rec.Len = len(frame)
-	if m != nil {
-		rec.Len += m.PktLen()
-		if k := r.snap - n; k > 0 {
-			rec.Data = rec.Data[:n+min(k, m.PktLen())]
-			m.CopyOut(rec.Data[n:])
-		}
-	}
+	fill(rec, r.snap, p, now, frame, m)
 }
 
 // Records returns copies of the records held, oldest first, and how many

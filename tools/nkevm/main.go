@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -341,7 +340,7 @@ func kernel(ctx context.Context, f *flags) (hostvm.Kernel, error) {
 // image builds the initramfs with the bundles and the boot preference
 // file (-nkes).
 func image(ctx context.Context, f *flags) (initramfs.Image, error) {
-	root, err := moduleRoot(ctx)
+	root, err := initramfs.ModuleDir(ctx, "")
 	if err != nil {
 		return initramfs.Image{}, err
 	}
@@ -354,20 +353,6 @@ func image(ctx context.Context, f *flags) (initramfs.Image, error) {
 		return initramfs.Image{}, err
 	}
 	return initramfs.Build(ctx, initramfs.Config{ModuleDir: root, Main: f.init, Output: f.image, Files: files, Wasm: wasm, Progress: os.Stderr})
-}
-
-// moduleRoot is the repository's root: the Go module of the working
-// directory.
-func moduleRoot(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("finding the repository (go env GOMOD): %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("run nkevm from the repository (its Go module holds the guest and the bundles)")
-	}
-	return filepath.Dir(gomod), nil
 }
 
 // qemuPath is -qemu if given, else $NKE_QEMU or PATH, installing QEMU
