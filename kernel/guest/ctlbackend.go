@@ -13,7 +13,6 @@ import (
 	"github.com/nke-harness/nke/kernel/capture"
 	"github.com/nke-harness/nke/kernel/ctlchan"
 	"github.com/nke-harness/nke/kernel/hook"
-	"github.com/nke-harness/nke/kernel/ifnet"
 	"github.com/nke-harness/nke/kernel/kctl"
 	"github.com/nke-harness/nke/kernel/kevent"
 	"github.com/nke-harness/nke/nke"
@@ -127,38 +126,72 @@ func (g *Guest) ctlEvents(ctx context.Context, send func(ctlchan.Event) error) e
 	}
 }
 
-// hooks are the chains a capture can name, with whether their packets
-// start at the IP header.
-func (g *Guest) hooks() []struct {
-	name    string
+// chain is one hook's attachments, in the order packets meet them, with
+// their counters; capture says whether it has capture points, l3 whether
+// its packets start at the IP header.
+type chain struct {
+	hook    string
+	capture bool
 	l3      bool
-	filters func() []string
-} {
-	name := g.ifp.Name()
-	type h = struct {
-		name    string
-		l3      bool
-		filters func() []string
+	filters []chainFilter
+}
+
+type chainFilter struct {
+	name string
+	c    hook.Counters
+}
+
+// chains lists every hook, in a fixed order, empty ones too: what
+// nkectl stat shows and capture names.
+func (g *Guest) chains() []chain {
+	ifn := g.ifp.Name()
+	out := []chain{{hook: ifn + " raw", capture: true}, {hook: ifn + " filters", capture: true},
+		{hook: ifn + " protocols", capture: true}, {hook: "inet filters", capture: true, l3: true},
+		{hook: "inet6 filters", capture: true, l3: true}, {hook: "socket filters"}}
+	for _, f := range g.ifp.RawHooks() {
+		out[0].filters = append(out[0].filters, chainFilter{f.Name, f.Counters})
 	}
-	return []h{
-		{name + " raw", false, func() []string { return names(g.ifp.RawHooks()) }},
-		{name + " filters", false, func() []string { return names(g.ifp.Filters()) }},
-		{name + " protocols", false, func() []string { return protoNames(g.ifp.Protocols()) }},
-		{"inet filters", true, func() []string { return g.ipFilterNames(nke.IPv4.String()) }},
-		{"inet6 filters", true, func() []string { return g.ipFilterNames(nke.IPv6.String()) }},
+	for _, f := range g.ifp.Filters() {
+		out[1].filters = append(out[1].filters, chainFilter{f.Name, f.Counters})
 	}
+	for _, p := range g.ifp.Protocols() {
+		out[2].filters = append(out[2].filters, chainFilter{p.Name, p.Counters})
+	}
+	for _, f := range g.st.IPFilters() {
+		i := 3
+		if f.Family == nke.IPv6.String() {
+			i = 4
+		}
+		out[i].filters = append(out[i].filters, chainFilter{f.Name, f.Counters})
+	}
+	if g.sockets != nil {
+		for _, f := range g.sockets.Filters() {
+			out[5].filters = append(out[5].filters, chainFilter{f.Name, f.Counters})
+		}
+	}
+	return out
+}
+
+// names are a chain's filter names.
+func (c chain) names() []string {
+	out := make([]string, len(c.filters))
+	for i, f := range c.filters {
+		out[i] = f.name
+	}
+	return out
 }
 
 // ctlCapture streams the packets at one hook's capture points as pcapng.
 func (g *Guest) ctlCapture(ctx context.Context, req ctlchan.CaptureRequest, w io.Writer) error {
-	var l3 bool
-	var filters []string
-	var all []string
-	found := false
-	for _, h := range g.hooks() {
-		all = append(all, strconv.Quote(h.name))
-		if h.name == req.Hook {
-			found, l3, filters = true, h.l3, h.filters()
+	var l3, found bool
+	var filters, all []string
+	for _, c := range g.chains() {
+		if !c.capture {
+			continue
+		}
+		all = append(all, strconv.Quote(c.hook))
+		if c.hook == req.Hook {
+			found, l3, filters = true, c.l3, c.names()
 		}
 	}
 	if !found {
@@ -232,33 +265,6 @@ func (k ctlConn) GetOpt(_ context.Context, opt uint32, size int) ([]byte, error)
 }
 
 func (k ctlConn) Close() error { return k.c.Close() }
-
-func names(fs []ifnet.FilterStatus) []string {
-	out := make([]string, len(fs))
-	for i, f := range fs {
-		out[i] = f.Name
-	}
-	return out
-}
-
-func protoNames(ps []ifnet.ProtoStatus) []string {
-	out := make([]string, len(ps))
-	for i, p := range ps {
-		out[i] = p.Name
-	}
-	return out
-}
-
-// ipFilterNames lists one family's IP filters in the order they run.
-func (g *Guest) ipFilterNames(family string) []string {
-	var out []string
-	for _, f := range g.st.IPFilters() {
-		if f.Family == family {
-			out = append(out, f.Name)
-		}
-	}
-	return out
-}
 
 // backend is what the control channel serves: the loader, kernel
 // control, the event bus and captures.
@@ -363,63 +369,21 @@ func (b backend) Replace(ctx context.Context, req ctlchan.ReplaceRequest) (ctlch
 // meet it.
 func (b backend) Stat(context.Context) (ctlchan.Stat, error) {
 	g := b.g
-	counters := map[string][]hook.Counters{} // filter name -> its entries' counters
-	var chains []ctlchan.Chain
-	add := func(hookName, name string, c hook.Counters) {
-		counters[name] = append(counters[name], c)
-		if n := len(chains); n == 0 || chains[n-1].Hook != hookName {
-			chains = append(chains, ctlchan.Chain{Hook: hookName})
-		}
-		ch := &chains[len(chains)-1]
-		ch.Filters = append(ch.Filters, name)
-	}
-	ifn := g.ifp.Name()
-	for _, f := range g.ifp.RawHooks() {
-		add(ifn+" raw", f.Name, f.Counters)
-	}
-	for _, f := range g.ifp.Filters() {
-		add(ifn+" filters", f.Name, f.Counters)
-	}
-	for _, p := range g.ifp.Protocols() {
-		add(ifn+" protocols", p.Name, p.Counters)
-	}
-	for _, fam := range []nke.IPFamily{nke.IPv4, nke.IPv6} {
-		for _, f := range g.st.IPFilters() {
-			if f.Family == fam.String() {
-				add(fam.String()+" filters", f.Name, f.Counters)
-			}
-		}
-	}
-	if g.sockets != nil {
-		for _, f := range g.sockets.Filters() {
-			add("socket filters", f.Name, f.Counters)
-		}
-	}
-	// Every hook is listed, empty ones too, so scripts see them all.
-	all := []string{ifn + " raw", ifn + " filters", ifn + " protocols", "inet filters", "inet6 filters", "socket filters"}
-	byHook := map[string]ctlchan.Chain{}
-	for _, c := range chains {
-		byHook[c.Hook] = c
-	}
-	st := ctlchan.Stat{}
-	for _, h := range all {
-		c := byHook[h]
-		c.Hook = h
-		if c.Filters == nil {
-			c.Filters = []string{}
-		}
-		st.Chains = append(st.Chains, c)
-	}
-	// Where each filter is in its chain: the resolved order.
+	// Per filter name: its entries' counters, and where each is in its
+	// chain (the resolved order).
 	type place struct {
 		hook   string
 		at, of int
 	}
+	counters := map[string][]hook.Counters{}
 	places := map[string][]place{}
-	for _, c := range st.Chains {
-		for i, f := range c.Filters {
-			places[f] = append(places[f], place{c.Hook, i + 1, len(c.Filters)})
+	var st ctlchan.Stat
+	for _, c := range g.chains() {
+		for i, f := range c.filters {
+			counters[f.name] = append(counters[f.name], f.c)
+			places[f.name] = append(places[f.name], place{c.hook, i + 1, len(c.filters)})
 		}
+		st.Chains = append(st.Chains, ctlchan.Chain{Hook: c.hook, Filters: c.names()})
 	}
 	for _, r := range g.loader.Stat() {
 		order := r.Order
